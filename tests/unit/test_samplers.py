@@ -84,16 +84,16 @@ def _slope(name: str, steps: list[int], **params) -> float:
     errors = []
     for n in steps:
         sigmas = sigmas_karras(n, SMIN, SMAX).double()
-        states = {}
+        states: dict[int, torch.Tensor] = {}
         getattr(smp, f"sample_{name}")(
             gaussian_denoiser,
             x_T.clone(),
             sigmas,
             cond=None,
-            callback=lambda info: states.__setitem__(info["i"], info["x"]),
+            callback=lambda info, states=states: states.__setitem__(info["i"], info["x"]),
             **params,
         )
-        # state after n - 1 steps, at the last positive sigma (the final step to 0 is a plain denoise)
+        # state after n - 1 steps, at the last positive sigma (the last step is a plain denoise)
         err = (states[n - 1] - exact_ode(x_T, float(sigmas[n - 1]))).abs().max().item()
         errors.append(err)
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
@@ -169,10 +169,8 @@ def test_per_element_generators_are_batch_independent(name: str) -> None:
         gaussian_denoiser, torch.cat([noise(s) for s in seeds]), sig, cond=None, generator=gens,
         **params,
     )  # fmt: skip
-    alone = sampler(
-        gaussian_denoiser, noise(22), sig, cond=None, generator=[torch.Generator().manual_seed(122)],
-        **params,
-    )  # fmt: skip
+    alone_gen = [torch.Generator().manual_seed(122)]
+    alone = sampler(gaussian_denoiser, noise(22), sig, cond=None, generator=alone_gen, **params)
     tol = 1e-4 if name == "dpm_adaptive" else 1e-6
     torch.testing.assert_close(batch[1:2], alone, rtol=tol, atol=tol)
     other = sampler(

@@ -32,9 +32,8 @@ def test_shape_decreasing_and_end_points(name: str, n: int) -> None:
 
 def test_karras_closed_form() -> None:
     n, lo, hi, rho = 10, 0.02, 80.0, 7.0
-    expected = [
-        (hi ** (1 / rho) + i / (n - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho for i in range(n)
-    ] + [0.0]
+    a, b = hi ** (1 / rho), lo ** (1 / rho)
+    expected = [(a + i / (n - 1) * (b - a)) ** rho for i in range(n)] + [0.0]
     got = sch.sigmas_karras(n, lo, hi, rho=rho)
     assert got.tolist() == pytest.approx(expected, rel=1e-6)
 
@@ -49,7 +48,8 @@ def test_karras_sqrt_is_sqrt_and_karras_with_half_rho() -> None:
 def test_exponential_uniform_in_log_and_polyexponential_rho1() -> None:
     e = sch.sigmas_exponential(9, 0.01, 100.0)
     steps = e[:-1].double().log().diff()
-    torch.testing.assert_close(steps, torch.full_like(steps, -math.log(1e4) / 8), rtol=1e-5, atol=1e-6)
+    uniform = torch.full_like(steps, -math.log(1e4) / 8)
+    torch.testing.assert_close(steps, uniform, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sch.sigmas_polyexponential(9, 0.01, 100.0, rho=1.0), e)
     p2 = sch.sigmas_polyexponential(9, 0.01, 100.0, rho=2.0)
     assert torch.all(p2[1:-2] < e[1:-2])  # rho > 1 spends more steps at low noise
@@ -58,7 +58,8 @@ def test_exponential_uniform_in_log_and_polyexponential_rho1() -> None:
 def test_vp_reproduces_k_diffusion_curve() -> None:
     n, beta_d, beta_min, eps_s = 15, 19.9, 0.1, 1e-3
     t = torch.linspace(1.0, eps_s, n, dtype=torch.float64)
-    expected = torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1)  # k-diffusion get_sigmas_vp
+    # k-diffusion's get_sigmas_vp
+    expected = torch.sqrt(torch.exp(beta_d * t**2 / 2 + beta_min * t) - 1)
     got = sch.sigmas_vp(n, float(sch.sigma_vp(eps_s)), float(sch.sigma_vp(1.0)))
     torch.testing.assert_close(got[:-1].double(), expected, rtol=1e-6, atol=0)
     assert sch.vp_time(sch.sigma_vp(0.37)).item() == pytest.approx(0.37, rel=1e-12)
@@ -70,7 +71,8 @@ def test_linear_uniform() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "lo", "hi"), [(0, 0.002, 80.0), (5, 0.0, 80.0), (5, 80.0, 0.002), (5, 1.0, 1.0), (2.5, 1, 2)]
+    ("n", "lo", "hi"),
+    [(0, 0.002, 80.0), (5, 0.0, 80.0), (5, 80.0, 0.002), (5, 1.0, 1.0), (2.5, 1, 2)],
 )
 def test_validation_raises_user_error(n, lo, hi) -> None:
     with pytest.raises(UserError, match=";"):
