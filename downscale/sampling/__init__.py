@@ -1,0 +1,2 @@
+"""Sampling: noise schedules, samplers (pure functions sharing one signature) and tiled
+inference."""
