@@ -1,0 +1,1 @@
+"""Data: the synthetic default, dataset stores, scalers, datasets and the DataModule."""

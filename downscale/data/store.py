@@ -1,0 +1,73 @@
+"""Open and check dataset stores (schema in docs/architecture.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from downscale.utils.errors import UserError, require
+
+COARSE_PREFIX = "coarse_"
+STATIC_PREFIX = "static_"
+MASK = "valid_mask"
+
+
+def open_store(path: str | Path) -> xr.Dataset:
+    """Open a zarr (or netCDF) dataset store lazily, with a clear error when it is missing or broken."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"dataset store not found: {path}; build it first with "
+            "'python -m downscale.build build=<recipe>' or set data.store=<path>"
+        )
+    try:
+        if path.suffix == ".nc":
+            return xr.open_dataset(path, chunks={})
+        return xr.open_zarr(path, consolidated=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the store is unusable
+        raise UserError(
+            f"cannot read dataset store {path} ({type(exc).__name__}: {exc}); rebuild it"
+        ) from exc
+
+
+def require_variables(ds: xr.Dataset, names: list[str], where: str) -> None:
+    """Every name must be a variable of ``ds``."""
+    missing = [n for n in names if n not in ds.variables]
+    require(
+        not missing,
+        f"{where}: variable(s) {missing} not in the store; available: {sorted(map(str, ds.data_vars))}",
+    )
+
+
+def valid_mask(ds: xr.Dataset, target: str) -> np.ndarray:
+    """Boolean (lat, lon) mask of valid predictand pixels (the store's ``valid_mask`` if present)."""
+    if MASK in ds:
+        return ds[MASK].values.astype(bool)
+    return np.isfinite(ds[target].isel(time=0).values)
+
+
+def nearest_index(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """For each fine coordinate, the index of the nearest coarse coordinate (1-D, any order)."""
+    return np.abs(fine[:, None] - coarse[None, :]).argmin(axis=1)
+
+
+def time_split(times: pd.DatetimeIndex, bounds: list) -> np.ndarray:
+    """Indices of ``times`` inside ``bounds``: [start, end] as fractions in [0, 1] or as dates.
+
+    Fractions follow the reference ([0, 0.9] is the first 90 %); dates are inclusive.
+    """
+    require(len(bounds) == 2, f"a split must be [start, end], got {bounds}")
+    start, end = bounds
+    n = len(times)
+    if all(isinstance(b, int | float) for b in bounds):
+        require(
+            0.0 <= start < end <= 1.0,
+            f"fractional split {bounds} must satisfy 0 <= start < end <= 1",
+        )
+        return np.arange(int(round(start * n)), int(round(end * n)))
+    lo, hi = pd.Timestamp(str(start)), pd.Timestamp(str(end))
+    require(lo <= hi, f"split {bounds}: start is after end")
+    return np.flatnonzero((times >= lo) & (times <= hi + pd.Timedelta(hours=23, minutes=59)))

@@ -1,0 +1,1 @@
+"""Logging helpers: W&B set-up and image panels."""

@@ -1,0 +1,1 @@
+"""LightningModules: diffusion, regression, GAN and residual models, and EMA."""

@@ -1,0 +1,32 @@
+"""Seeding and device selection."""
+
+from __future__ import annotations
+
+import torch
+
+from downscale.utils.errors import require
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; a CUDA device on a machine without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    require(
+        resolved.type != "cuda" or torch.cuda.is_available(),
+        f"device={device} needs a CUDA GPU and none is available; use device=cpu or device=auto",
+    )
+    return resolved
+
+
+def check_accelerator(accelerator: str, precision: str | int) -> None:
+    """Refuse GPU-only trainer settings on a machine without a GPU, with the fix."""
+    gpu = str(accelerator) in {"gpu", "cuda"}
+    require(
+        not gpu or torch.cuda.is_available(),
+        f"trainer.accelerator={accelerator} needs a CUDA GPU and none is available; use trainer=cpu",
+    )
+    require(
+        str(precision) != "16-mixed" or torch.cuda.is_available(),
+        "trainer.precision=16-mixed needs a GPU; use 32 or bf16-mixed on CPU",
+    )
