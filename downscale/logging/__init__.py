@@ -1,0 +1,1 @@
+"""Logging helpers (Weights & Biases)."""
