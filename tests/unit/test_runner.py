@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from downscale.evaluation import runner
 from downscale.evaluation.metrics import pixel, spectral
+from downscale.evaluation.metrics.fss import fss as fss_fn
 from downscale.utils.errors import UserError
 from tests.unit._evaldata import fields, mask_like
 
@@ -138,3 +139,40 @@ def test_evaluate_on_local_cluster(tmp_path):
             out_dir=tmp_path,
         )
     assert flat["crps"] == pytest.approx(float(pixel.crps_ensemble(samples, obs)))
+
+
+@pytest.mark.slow
+def test_default_scorecard_headline_keys_and_figures(tmp_path):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "default.yaml"))
+    samples, obs = fields(members=3, days=6, size=32)
+    mask = mask_like(obs)
+    flat = runner.evaluate(
+        samples, obs, mask=mask, cfg=cfg, out_dir=tmp_path, baselines={"half": 0.5 * samples}
+    )
+    for key in (
+        "crps",
+        "crps_fair",
+        "mae",
+        "rmse",
+        "bias",
+        "ralsd",
+        "spread_skill",
+        "rank_flatness",
+        "ece",
+        "fss_t1_x8",
+        "quantile_bias_q99",
+        "brier_t1",
+        "pooled_max_crps_x4",
+        "event_ratio_1-10",
+        "mae_ensmean",
+    ):
+        assert key in flat, key
+    assert flat["crps_fair"] < flat["crps"]
+    assert flat["fss_t1_x8"] == pytest.approx(
+        float(fss_fn(samples, obs, mask, thresholds=(1.0,), scales=(8,)).squeeze())
+    )
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 8
+    ds = xr.open_dataset(tmp_path / "metrics.nc")
+    assert ds["rank_histogram"].shape == (6, 4) and "skipped" in ds["return_levels"].attrs
+    html = (tmp_path / "report.html").read_text()
+    assert "<th>half</th>" in html and "Skipped" in html

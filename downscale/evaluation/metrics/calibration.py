@@ -91,7 +91,7 @@ def _flatness(counts: xr.DataArray) -> xr.DataArray:
     k = counts.sizes["rank"]
     n = counts.sum("rank")
     delta = ((counts - n / k) ** 2).sum("rank") / (n * (k - 1) / k)
-    return delta.where(n > 0)
+    return delta.where(n > 0).drop_attrs()
 
 
 def rank_flatness(samples, obs, mask=None, *, bins=None, seed: int = 0) -> xr.DataArray:
@@ -111,7 +111,7 @@ def calibration_error(
     cdf = counts.cumsum("rank") / counts.sum("rank")
     diff = cdf - np.arange(1, k + 1) / k
     err = (diff**2).mean("rank") if squared else abs(diff).mean("rank")
-    return err.drop_vars("bin").rename("ece_ms" if squared else "ece")
+    return err.drop_vars("bin").drop_attrs().rename("ece_ms" if squared else "ece")
 
 
 def spread_skill(samples, obs, mask=None) -> xr.DataArray:

@@ -21,4 +21,5 @@ def bias_map(samples, obs, mask=None, *, relative: bool = False) -> xr.DataArray
 
 def mean_bias(samples, obs, mask=None, *, relative: bool = False) -> xr.DataArray:
     """Domain mean of :func:`bias_map` (relative: mean of the percent map over pixels with rain)."""
-    return bias_map(samples, obs, mask, relative=relative).mean().rename("mean_bias")
+    out = bias_map(samples, obs, mask, relative=relative).mean().drop_attrs()
+    return out.rename("mean_bias")

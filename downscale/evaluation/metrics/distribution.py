@@ -75,7 +75,8 @@ def log_density_difference(
     """Distribution bias: mean over bins of |log10 density(samples) - log10 density(obs)|, bins
     where both are non-empty (the reference system's 25-bin distribution bias)."""
     d = log_density(samples, obs, mask, bins=bins, value_range=value_range)
-    return abs(d.sel(source="samples") - d.sel(source="obs")).mean().rename("log_density_diff")
+    diff = abs(d.sel(source="samples") - d.sel(source="obs")).mean().drop_attrs()
+    return diff.rename("log_density_diff")
 
 
 def _quantiles(values: xr.DataArray, qs: np.ndarray) -> np.ndarray:

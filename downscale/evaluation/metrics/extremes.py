@@ -63,7 +63,7 @@ def annual_max_bias(samples, obs, mask=None) -> xr.DataArray:
     the observed annual max."""
     am = annual_maxima(samples, obs, mask)
     o, s = am.sel(source="obs"), am.sel(source="samples")
-    return (100.0 * ((s - o) / o).mean()).rename("annual_max_bias")
+    return (100.0 * ((s - o) / o).mean()).drop_attrs().rename("annual_max_bias")
 
 
 def _gev_levels(maxima: np.ndarray, periods: tuple[float, ...]) -> np.ndarray:
