@@ -136,8 +136,11 @@ def bias_maps(ctx: FigureContext, path: Path) -> None:
     """Time-mean bias map (absolute, in data units) and percent bias map of the ensemble mean."""
     from downscale.evaluation.metrics.climatology import bias_map
 
-    absolute = bias_map(ctx.samples, ctx.obs, ctx.mask).compute()
-    relative = bias_map(ctx.samples, ctx.obs, ctx.mask, relative=True).compute()
+    absolute = ctx.results.get("bias_map")
+    relative = ctx.results.get("bias_map_rel")
+    if absolute is None or relative is None:
+        absolute = bias_map(ctx.samples, ctx.obs, ctx.mask).compute()
+        relative = bias_map(ctx.samples, ctx.obs, ctx.mask, relative=True).compute()
     fig = plt.figure(figsize=(9, 3.6))
     for i, (da, label) in enumerate([(absolute, f"bias [{ctx.units}]"), (relative, "bias [%]")]):
         ax, extra = _map_axes(fig, 1, 2, i + 1, da)
@@ -190,22 +193,30 @@ def reliability(ctx: FigureContext, path: Path) -> None:
 def distributions(
     ctx: FigureContext, path: Path, *, bins: int = 50, lo: float = 0.5, hi: float = 200.0
 ) -> None:
-    """Empirical CDFs and log-density histograms (log x) of truth, samples and baselines."""
+    """log10 densities (log x) and the CDF over [lo, hi] of truth, samples and baselines, from
+    histograms computed chunk by chunk (bounded memory)."""
+    from downscale.evaluation.metrics.distribution import log_density
+
+    curves = {}
+    dens = ctx.results.get("log_density")
+    if dens is None or dens.sizes["bin"] != bins:
+        dens = log_density(ctx.samples, ctx.obs, ctx.mask, bins=bins, value_range=(lo, hi))
+        dens = dens.compute()
+    curves["truth"], curves[ctx.name] = dens.sel(source="obs"), dens.sel(source="samples")
+    for name, da in ctx.baselines.items():
+        b = log_density(da, ctx.obs, ctx.mask, bins=bins, value_range=(lo, hi))
+        curves[name] = b.sel(source="samples").compute()
     edges = np.logspace(np.log10(lo), np.log10(hi), bins + 1)
-    centres = np.sqrt(edges[1:] * edges[:-1])
-    sources = {"truth": ctx.obs, ctx.name: ctx.samples, **ctx.baselines}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for name, da in sources.items():
-        values = apply_mask(da, ctx.mask).values.ravel()
-        values = values[np.isfinite(values)]
-        hist, _ = np.histogram(values, bins=edges, density=True)
-        ax1.semilogx(centres, np.log10(np.where(hist > 0, hist, np.nan)), label=name)
-        sorted_v = np.sort(values)
-        ax2.semilogx(np.maximum(sorted_v, lo), np.linspace(0, 1, len(sorted_v)), label=name)
+    for name, d in curves.items():
+        centres = d["bin"].values
+        ax1.semilogx(centres, d.values, label=name)
+        mass = np.nan_to_num(10.0**d.values) * np.diff(edges)
+        ax2.semilogx(edges[1:], np.cumsum(mass) / max(mass.sum(), 1e-300), label=name)
     ax1.set_xlabel(f"value [{ctx.units}]")
     ax1.set_ylabel("log10 density")
     ax2.set_xlabel(f"value [{ctx.units}]")
-    ax2.set_ylabel("CDF")
+    ax2.set_ylabel(f"CDF within [{lo:g}, {hi:g}]")
     ax1.legend(fontsize=7)
     _save(fig, path)
 

@@ -1,7 +1,8 @@
 """Fractions skill score (Roberts & Lean 2008) at thresholds and neighbourhood scales.
 
 For threshold t and an n x n window, the event fractions P = (window sum of 1[x > t] over valid
-pixels) / (window count of valid pixels) are computed for the observation and every member;
+pixels) / (window count of valid pixels) are computed for the observation and every member (valid:
+the observation is finite and the mask is True; a NaN member pixel counts as no event);
     FSS = 1 - sum (P_f - P_o)^2 / sum (P_f^2 + P_o^2),
 sums over valid pixels, days and members (aggregated FSS). NaN when no events occur at all.
 """
@@ -25,27 +26,24 @@ DEFAULT_THRESHOLDS = (0.5, 1.0, 2.0, 5.0)
 DEFAULT_SCALES = (2, 4, 8, 16, 32, 64)
 
 
-def _fractions(x: np.ndarray, valid: np.ndarray, t: float, n: int) -> np.ndarray:
-    size = (1,) * (x.ndim - 2) + (n, n)
-    event = ((x > t) & valid).astype(np.float64)
-    num = scipy.ndimage.uniform_filter(event, size=size, mode="constant", cval=0.0)
-    den = scipy.ndimage.uniform_filter(
-        np.broadcast_to(valid, x.shape).astype(np.float64), size=size, mode="constant"
-    )
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 1e-12, num / den, 0.0)
-
-
 def _fss_kernel(x, y, thresholds, scales):
-    """Sums of (P_f - P_o)^2 and P_f^2 + P_o^2 over the two last axes: (..., T, S, 2)."""
-    y = y[..., None, :, :]  # broadcast against the member axis of x (..., M, Y, X)
-    valid = np.isfinite(y) & np.isfinite(x)
-    yb = np.broadcast_to(y, x.shape)
+    """Sums of (P_f - P_o)^2 and P_f^2 + P_o^2 over the two last axes: (..., M, T, S, 2).
+
+    ``x`` is (..., M, Y, X), ``y`` is (..., Y, X). Valid pixels are those where ``y`` is finite;
+    the observed fractions and window counts are computed once per field, not once per member.
+    """
+    y = y[..., None, :, :]
+    valid = np.isfinite(y)
     out = np.zeros(x.shape[:-2] + (len(thresholds), len(scales), 2))
-    for i, t in enumerate(thresholds):
-        for j, n in enumerate(scales):
-            pf = _fractions(x, valid, t, n)
-            po = _fractions(yb, valid, t, n)
+    for j, n in enumerate(scales):
+        size = (1,) * (x.ndim - 2) + (n, n)
+        count = scipy.ndimage.uniform_filter(valid.astype(np.float64), size=size, mode="constant")
+        inv = np.where(count > 1e-12, 1.0 / np.maximum(count, 1e-12), 0.0)
+        for i, t in enumerate(thresholds):
+            events_o = ((y > t) & valid).astype(np.float64)
+            events_f = ((x > t) & valid).astype(np.float64)  # NaN members: no event
+            po = scipy.ndimage.uniform_filter(events_o, size=size, mode="constant") * inv
+            pf = scipy.ndimage.uniform_filter(events_f, size=size, mode="constant") * inv
             out[..., i, j, 0] = ((pf - po) ** 2 * valid).sum((-2, -1))
             out[..., i, j, 1] = ((pf**2 + po**2) * valid).sum((-2, -1))
     return out
