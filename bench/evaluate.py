@@ -176,7 +176,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     print(
         f"| full scorecard | {s['members']}x{s['days']}x{s['size']}x{s['size']} "
-        f"({s["data_gb"]:.3f} GB) | {s['wall_s']:.1f} | {s['peak_rss_gb']:.2f} | "
+        f"({s['data_gb']:.3f} GB) | {s['wall_s']:.1f} | {s['peak_rss_gb']:.2f} | "
         f"{s['n_metrics']} numbers |"
     )
     shape = "x".join(str(n) for n in crps["shape"])
