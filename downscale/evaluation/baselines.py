@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import scipy.ndimage
 import scipy.sparse
 import xarray as xr
 from hydra.utils import instantiate
@@ -45,6 +46,18 @@ def _finish(da: xr.DataArray, fine_grid: xr.DataArray | xr.Dataset, units: str |
     return da.rename("precip").assign_attrs(attrs)
 
 
+def _fill_nearest_2d(values: np.ndarray) -> np.ndarray:
+    """Replace NaN cells of each 2-D field (last two axes) by the nearest finite cell."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    flat = out.reshape(-1, *out.shape[-2:])
+    for field in flat:
+        bad = ~np.isfinite(field)
+        if bad.any() and not bad.all():
+            _, (iy, ix) = scipy.ndimage.distance_transform_edt(bad, return_indices=True)
+            field[bad] = field[iy[bad], ix[bad]]
+    return out
+
+
 def interpolate(
     coarse: xr.DataArray,
     fine_grid: xr.DataArray | xr.Dataset,
@@ -54,8 +67,11 @@ def interpolate(
 ) -> xr.DataArray:
     """Bilinear (``linear``) or bicubic (``cubic``) interpolation of the coarse field to the fine
     grid (scipy ``interpn`` through xarray), extrapolating at the edges; values below ``clip_min``
-    (cubic overshoot of a non-negative field) are clipped. One member."""
+    (cubic overshoot of a non-negative field) are clipped. NaN coarse cells (sea) are first filled
+    from the nearest valid cell so that coastal pixels get values. One member."""
     src = _to_fine_names(coarse)
+    src = src.transpose(..., LAT, LON)
+    src = src.copy(data=_fill_nearest_2d(src.values))
     out = src.interp(
         {LAT: fine_grid[LAT].values, LON: fine_grid[LON].values},
         method=method,

@@ -39,3 +39,17 @@ def mask_like(obs: xr.DataArray, corner: int = 5) -> xr.DataArray:
     m = xr.ones_like(obs.isel(time=0, drop=True), dtype=bool)
     m[:corner, :corner] = False
     return m
+
+
+def shared_data_root():
+    """``$DOWNSCALE_DATA_ROOT`` or ``<repo>/../shared/data``; None when absent (error under CI)."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    root = Path(os.environ.get("DOWNSCALE_DATA_ROOT", repo.parent / "shared" / "data"))
+    if root.is_dir():
+        return root
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI=true but the shared data folder {root} is missing")
+    return None
