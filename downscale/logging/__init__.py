@@ -1,1 +1,1 @@
-"""Logging helpers: W&B set-up and image panels."""
+"""Logging helpers: W&B set-up, W&B evaluation logging, and image panels."""

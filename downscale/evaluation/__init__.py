@@ -1,0 +1,1 @@
+"""Evaluation: metrics over xarray, baselines, plots, reports and the runner."""

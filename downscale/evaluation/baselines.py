@@ -1,0 +1,293 @@
+"""Baselines scored beside the model: interpolation, nearest (block) upsampling, analogs, RainFARM.
+
+Each returns a ``(member, time, lat, lon)`` DataArray on the fine grid in physical units, so that
+the runner treats it like any samples store. The ``*_baseline`` adapters take a dataset store
+(docs/architecture.md: predictand ``<var>`` on ``(time, lat, lon)``, coarse fields ``coarse_<var>``
+on ``(time, lat_coarse, lon_coarse)``) and are listed in ``conf/evaluation/default.yaml:baselines``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.ndimage
+import scipy.sparse
+import xarray as xr
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from downscale.evaluation.metrics._common import MEMBER, TIME
+from downscale.utils.errors import UserError
+
+LAT, LON = "lat", "lon"
+LAT_C, LON_C = "lat_coarse", "lon_coarse"
+# xarray's fill_value that extrapolates: 1-D scipy interpolants (linear) want "extrapolate",
+# scipy interpn (cubic and higher) wants None
+_EXTRAPOLATE = {"linear": "extrapolate", "nearest": "extrapolate"}
+
+
+def _to_fine_names(coarse: xr.DataArray) -> xr.DataArray:
+    rename = {d: n for d, n in ((LAT_C, LAT), (LON_C, LON)) if d in coarse.dims}
+    return coarse.rename(rename)
+
+
+def _finish(da: xr.DataArray, fine_grid: xr.DataArray | xr.Dataset, units: str | None, name: str):
+    if MEMBER not in da.dims:
+        da = da.expand_dims({MEMBER: 1})
+    da = da.transpose(MEMBER, TIME, LAT, LON).assign_coords(
+        {LAT: fine_grid[LAT], LON: fine_grid[LON]}
+    )
+    da = da.assign_coords({MEMBER: np.arange(da.sizes[MEMBER])})
+    attrs = {"baseline": name}
+    if units:
+        attrs["units"] = units
+    return da.rename("precip").assign_attrs(attrs)
+
+
+def _fill_nearest_2d(values: np.ndarray) -> np.ndarray:
+    """Replace NaN cells of each 2-D field (last two axes) by the nearest finite cell."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    flat = out.reshape(-1, *out.shape[-2:])
+    for field in flat:
+        bad = ~np.isfinite(field)
+        if bad.any() and not bad.all():
+            _, (iy, ix) = scipy.ndimage.distance_transform_edt(bad, return_indices=True)
+            field[bad] = field[iy[bad], ix[bad]]
+    return out
+
+
+def interpolate(
+    coarse: xr.DataArray,
+    fine_grid: xr.DataArray | xr.Dataset,
+    method: str = "linear",
+    *,
+    clip_min: float | None = 0.0,
+) -> xr.DataArray:
+    """Bilinear (``linear``) or bicubic (``cubic``) interpolation of the coarse field to the fine
+    grid (scipy ``interpn`` through xarray), extrapolating at the edges; values below ``clip_min``
+    (cubic overshoot of a non-negative field) are clipped. NaN coarse cells (sea) are first filled
+    from the nearest valid cell so that coastal pixels get values. One member."""
+    src = _to_fine_names(coarse)
+    src = src.transpose(..., LAT, LON)
+    src = src.copy(data=_fill_nearest_2d(src.values))
+    out = src.interp(
+        {LAT: fine_grid[LAT].values, LON: fine_grid[LON].values},
+        method=method,
+        kwargs={"fill_value": _EXTRAPOLATE.get(method)},
+    )
+    if clip_min is not None:
+        out = out.clip(min=clip_min)
+    return _finish(out, fine_grid, coarse.attrs.get("units"), f"{method} interpolation")
+
+
+def _nearest_index(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    return np.abs(dst[:, None] - src[None, :]).argmin(axis=1)
+
+
+def nearest_upsample(coarse: xr.DataArray, fine_grid: xr.DataArray | xr.Dataset) -> xr.DataArray:
+    """Each fine pixel takes the value of the nearest coarse cell centre (block upsampling)."""
+    src = _to_fine_names(coarse)
+    iy = _nearest_index(src[LAT].values, fine_grid[LAT].values)
+    ix = _nearest_index(src[LON].values, fine_grid[LON].values)
+    out = src.isel({LAT: xr.DataArray(iy, dims=LAT), LON: xr.DataArray(ix, dims=LON)})
+    return _finish(out.drop_vars([LAT, LON]), fine_grid, coarse.attrs.get("units"), "nearest")
+
+
+def _standardise(train: xr.Dataset, test: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten every variable and grid point; z-score with the training mean and std."""
+    rows_train, rows_test = [], []
+    for var in train.data_vars:
+        a = train[var].transpose(TIME, ...).values.reshape(train.sizes[TIME], -1)
+        b = test[var].transpose(TIME, ...).values.reshape(test.sizes[TIME], -1)
+        mean, std = np.nanmean(a, 0), np.nanstd(a, 0)
+        std = np.where(std > 0, std, 1.0)
+        rows_train.append((a - mean) / std)
+        rows_test.append((b - mean) / std)
+    return np.nan_to_num(np.hstack(rows_train)), np.nan_to_num(np.hstack(rows_test))
+
+
+def analogs(
+    predictors_train: xr.Dataset,
+    fine_train: xr.DataArray,
+    predictors_test: xr.Dataset,
+    *,
+    k: int = 16,
+) -> xr.DataArray:
+    """Analog ensemble (Zorita & von Storch 1999): for each test day, the ``k`` training days whose
+    standardised coarse predictors are closest (Euclidean); their fine fields are the members
+    (member 0 = closest analog). Deterministic."""
+    n_train = predictors_train.sizes[TIME]
+    if k > n_train:
+        raise UserError(f"analogs k={k} exceeds the {n_train} training days; lower k")
+    a, b = _standardise(predictors_train, predictors_test)
+    d2 = (b**2).sum(1)[:, None] + (a**2).sum(1)[None, :] - 2.0 * b @ a.T
+    nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(d2, nearest, 1).argsort(1)
+    nearest = np.take_along_axis(nearest, order, 1)  # (test, k)
+    idx = xr.DataArray(nearest.T, dims=(MEMBER, TIME))
+    members = fine_train.isel({TIME: idx}).drop_vars(TIME, errors="ignore")
+    members = members.assign_coords({TIME: predictors_test[TIME].values})
+    out = _finish(members, fine_train, fine_train.attrs.get("units"), f"analogs k={k}")
+    return out.assign_attrs(analog_dates=str(fine_train[TIME].values[nearest[:, 0]][:3]))
+
+
+def spectral_slope(coarse: xr.DataArray) -> float:
+    """Power-law slope alpha of the time-mean radially averaged PSD of the coarse fields,
+    P(k) ~ k^-alpha, fitted in log-log over the resolved wavenumbers (RainFARM's slope)."""
+    from downscale.evaluation.metrics.spectral import radial_psd
+
+    psd = radial_psd(_to_fine_names(coarse).fillna(0.0)).mean(TIME)
+    k = psd["wavenumber"].values.astype(float)
+    p = psd.values
+    ok = p > 0
+    if ok.sum() < 2:
+        raise UserError(
+            "the coarse fields have no spectral power to fit a RainFARM slope; give slope="
+        )
+    return float(-np.polyfit(np.log(k[ok]), np.log(p[ok]), 1)[0])
+
+
+def _gaussian_fields(rng: np.random.Generator, shape: tuple[int, ...], alpha: float) -> np.ndarray:
+    """Unit-variance Gaussian fields with radially averaged PSD ~ |k|^-alpha and random phases."""
+    ny, nx = shape[-2:]
+    ky = np.fft.fftfreq(ny) * ny
+    kx = np.fft.fftfreq(nx) * nx
+    kk = np.hypot(ky[:, None], kx[None, :])
+    amp = np.where(kk > 0, np.power(np.maximum(kk, 1e-12), -alpha / 2.0), 0.0)
+    noise = rng.standard_normal(shape)
+    g = np.fft.ifft2(np.fft.fft2(noise) * amp).real
+    g -= g.mean(axis=(-2, -1), keepdims=True)
+    std = g.std(axis=(-2, -1), keepdims=True)
+    return g / np.where(std > 0, std, 1.0)
+
+
+def rainfarm(
+    coarse: xr.DataArray,
+    fine_grid: xr.DataArray | xr.Dataset,
+    *,
+    n_members: int = 16,
+    seed: int = 0,
+    slope: float | None = None,
+) -> xr.DataArray:
+    """RainFARM (Rebora et al. 2006) stochastic downscaling.
+
+    1. alpha = the coarse fields' spectral slope (:func:`spectral_slope`) unless ``slope`` is given;
+    2. per member and day a unit-variance Gaussian field g on the fine grid with PSD ~ |k|^-alpha
+       and random phases (the power law extrapolated to the unresolved scales);
+    3. r = exp(g), then rescaled so that each coarse cell (the fine pixels nearest to its centre)
+       keeps the coarse value as its mean: r * P_coarse / mean_cell(r).
+    Simplification: the resolved large scales come from this rescaling, not from merging the
+    coarse field's own Fourier modes (RainFARM's "smooth" variant). NaN coarse cells stay NaN.
+    """
+    src = _to_fine_names(coarse)
+    alpha = float(slope) if slope is not None else float(np.clip(spectral_slope(coarse), 0.5, 6.0))
+    ny, nx = fine_grid.sizes[LAT], fine_grid.sizes[LON]
+    iy = _nearest_index(src[LAT].values, fine_grid[LAT].values)
+    ix = _nearest_index(src[LON].values, fine_grid[LON].values)
+    ncx = src.sizes[LON]
+    cell = (iy[:, None] * ncx + ix[None, :]).ravel()
+    n_cells = src.sizes[LAT] * ncx
+    counts = np.bincount(cell, minlength=n_cells).astype(float)
+    avg = scipy.sparse.csr_matrix(
+        (1.0 / counts[cell], (np.arange(cell.size), cell)), shape=(cell.size, n_cells)
+    )
+    values = src.transpose(TIME, LAT, LON).values.reshape(src.sizes[TIME], n_cells)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_members, src.sizes[TIME], ny * nx), dtype=np.float32)
+    for t in range(src.sizes[TIME]):
+        r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
+        cell_mean = np.asarray(r @ avg)  # (members, cells)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            factor = values[t][None, :] / cell_mean
+        out[:, t] = r * factor[:, cell]
+    da = xr.DataArray(
+        out.reshape(n_members, src.sizes[TIME], ny, nx),
+        dims=(MEMBER, TIME, LAT, LON),
+        coords={TIME: src[TIME].values},
+    )
+    result = _finish(da, fine_grid, coarse.attrs.get("units"), "rainfarm")
+    return result.assign_attrs(rainfarm_slope=alpha, seed=seed)
+
+
+# ---- adapters over a dataset store (listed in conf/evaluation/default.yaml: baselines) ----
+
+
+def _coarse(store: xr.Dataset, variable: str, times: Sequence) -> xr.DataArray:
+    name = f"coarse_{variable}"
+    if name not in store.data_vars:
+        raise UserError(
+            f"the dataset store has no '{name}' for the {variable} baselines; "
+            "build the store with the coarse predictand or drop these baselines"
+        )
+    return store[name].sel({TIME: times})
+
+
+def interpolation_baseline(
+    store: xr.Dataset, test_times, train_times=None, *, variable: str = "precip", method="linear"
+) -> xr.DataArray:
+    """Interpolated coarse predictand over the test times (bilinear or bicubic)."""
+    coarse = _coarse(store, variable, test_times)
+    return interpolate(coarse.assign_attrs(units=store[variable].attrs.get("units")), store, method)
+
+
+def nearest_baseline(
+    store: xr.Dataset, test_times, train_times=None, *, variable: str = "precip"
+) -> xr.DataArray:
+    """Nearest (block) upsampled coarse predictand over the test times."""
+    coarse = _coarse(store, variable, test_times)
+    return nearest_upsample(coarse.assign_attrs(units=store[variable].attrs.get("units")), store)
+
+
+def analog_baseline(
+    store: xr.Dataset,
+    test_times,
+    train_times,
+    *,
+    variable: str = "precip",
+    k: int = 16,
+    predictors: Sequence[str] | None = None,
+) -> xr.DataArray:
+    """Analogs from the training days using every ``coarse_*`` field (or ``predictors``)."""
+    names = (
+        list(predictors) if predictors else [v for v in store.data_vars if v.startswith("coarse_")]
+    )
+    if not names:
+        raise UserError("the dataset store has no coarse_* predictors for analogs; drop analogs")
+    train = store[names].sel({TIME: train_times}).load()
+    test = store[names].sel({TIME: test_times}).load()
+    return analogs(train, store[variable].sel({TIME: train_times}), test, k=k)
+
+
+def rainfarm_baseline(
+    store: xr.Dataset,
+    test_times,
+    train_times=None,
+    *,
+    variable: str = "precip",
+    n_members: int = 16,
+    seed: int = 0,
+    slope: float | None = None,
+) -> xr.DataArray:
+    """RainFARM on the coarse predictand over the test times."""
+    coarse = _coarse(store, variable, test_times).load()
+    coarse = coarse.assign_attrs(units=store[variable].attrs.get("units"))
+    return rainfarm(coarse, store, n_members=n_members, seed=seed, slope=slope)
+
+
+def compute_baselines(
+    store: xr.Dataset,
+    test_times: Sequence,
+    train_times: Sequence,
+    cfg: DictConfig | Mapping[str, Any],
+) -> dict[str, xr.DataArray]:
+    """Every baseline in ``cfg.baselines`` (an evaluation config) or in ``cfg`` itself (a mapping
+    name -> ``_target_`` + ``_partial_`` entry), computed on ``test_times``."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    entries = cfg.get("baselines", cfg) if "baselines" in cfg else cfg
+    factories = instantiate(entries or {})
+    return {
+        name: fn(store, test_times=test_times, train_times=train_times)
+        for name, fn in factories.items()
+    }
