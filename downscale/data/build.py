@@ -252,7 +252,11 @@ def _write(plan: _Plan, meta: dict[str, Any], tmp: Path) -> None:
                 "flag_values": [0, 1],
             },
         )
-        static.drop_vars(["lat", "lon"]).to_zarr(tmp, mode="a", zarr_format=3, consolidated=False)
+        static.attrs = timed.attrs  # mode="a" rewrites the group attributes
+        static_enc = {k: {"chunks": static[k].shape} for k in static.data_vars}
+        static.drop_vars(["lat", "lon"]).to_zarr(
+            tmp, mode="a", zarr_format=3, consolidated=False, encoding=static_enc
+        )
         # consolidated metadata on purpose: one read opens the store (also on object storage)
         zarr.consolidate_metadata(str(tmp))
 

@@ -141,9 +141,10 @@ def _match_gaussian(lat: np.ndarray, tol: float = 2e-3) -> np.ndarray | None:
     return None
 
 
-def _is_regular(c: np.ndarray, rtol: float = 1e-4) -> bool:
+def _is_regular(c: np.ndarray, atol: float = 2e-5) -> bool:
+    """Equal spacing up to float32 rounding of the coordinates (Gaussian grids deviate by ~1e-4 deg)."""
     d = np.diff(c)
-    return c.size < 3 or bool(np.allclose(d, d[0], rtol=rtol, atol=1e-6))
+    return c.size < 3 or bool(np.abs(d - np.median(d)).max() < atol)
 
 
 def grid_from_coords(
@@ -154,7 +155,10 @@ def grid_from_coords(
 ) -> Grid:
     """Build a :class:`Grid` from ascending centre coordinates (and optional CF bounds, shape (n, 2)).
 
-    Without bounds, latitudes that match a Gaussian grid get Gaussian bounds, others get midpoints.
+    Without bounds, unequally spaced latitudes that match a Gaussian grid get Gaussian bounds, others
+    get midpoints. (Near the equator Gaussian latitudes are equally spaced to < 2e-5 deg and are taken
+    as regular; their midpoint bounds then differ by < 2e-3 deg: pass ``grids.gaussian(...)`` for exact
+    ones.)
     """
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
