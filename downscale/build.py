@@ -1,6 +1,6 @@
 """Entry point: build a dataset store from a recipe.
 
-    python -m downscale.build build=iberia [out=path.zarr] [export_netcdf=true] [overwrite=true]
+``python -m downscale.build build=iberia [out=path.zarr] [export_netcdf=true] [overwrite=true]``
 """
 
 from __future__ import annotations

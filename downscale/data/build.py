@@ -2,10 +2,11 @@
 fine statics and the valid mask (schema in docs/architecture.md and docs/data.md).
 
 The recipe (``conf/build/<name>.yaml``) names the predictand source and its target grid, the coarse
-predictor sources and the coarse grid, the period, the domain box, statics and units. Everything is lazy
-(dask) until the write loop, which computes one block of ``chunks.time`` steps at a time, checks it and
-writes it into a temporary store that is renamed into place only when complete
-(:func:`downscale.utils.atomic.atomic_path`), so memory stays bounded and nothing is half-written.
+predictor sources and the coarse grid, the period, the domain box, statics and units. Everything is
+lazy (dask) until the write loop, which computes one block of ``chunks.time`` steps at a time,
+checks it and writes it into a temporary store that is renamed into place only when complete
+(:func:`downscale.utils.atomic.atomic_path`), so memory stays bounded and nothing is
+half-written.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def _source(cfg: Mapping[str, Any], where: str) -> Source:
     if not isinstance(cfg, Mapping) or "_target_" not in cfg:
-        raise UserError(f"{where} needs a `_target_` source (e.g. downscale.data.sources.NetCDFSource)")
+        raise UserError(
+            f"{where} needs a `_target_` source (e.g. downscale.data.sources.NetCDFSource)"
+        )
     src = instantiate(dict(cfg), _convert_="all")
     if not isinstance(src, Source):
         raise UserError(f"{where}._target_ must build a downscale.data.sources.Source")
@@ -64,7 +67,9 @@ def _crop_to(ds: xr.Dataset, target: Grid, what: str) -> xr.Dataset:
     return ds.isel(lat=sl[0], lon=sl[1])
 
 
-def _regrid_all(ds: xr.Dataset, target: Grid, regrid_cfg: Mapping[str, Any], mvf: float) -> xr.Dataset:
+def _regrid_all(
+    ds: xr.Dataset, target: Grid, regrid_cfg: Mapping[str, Any], mvf: float
+) -> xr.Dataset:
     src_grid = grid_of(ds)
     if src_grid.same_as(target):
         return ds.assign_coords(lat=target.lat, lon=target.lon)
@@ -119,7 +124,11 @@ def plan_store(recipe: Mapping[str, Any]) -> tuple[_Plan, dict[str, Any]]:
     psrc = _source(pcfg["source"], "predictand.source")
     y = psrc.open(period, floor)
     sl = snap_box(
-        grid_of(y), box.get("lon"), box.get("lat"), int(domain.get("margin", 0)), what=psrc.describe()
+        grid_of(y),
+        box.get("lon"),
+        box.get("lat"),
+        int(domain.get("margin", 0)),
+        what=psrc.describe(),
     )
     y = y.isel(lat=sl[0], lon=sl[1])
     fine = grid_of(y)
@@ -193,8 +202,9 @@ def _check_block(block: xr.Dataset, plan: _Plan, t0: pd.Timestamp) -> None:
         if bad:
             src = plan.sources.get(str(name), "?")
             raise UserError(
-                f"{name} (from {src}) has {bad} NaN values in the block starting {t0}: the source has "
-                "gaps or does not cover the coarse grid; lower predictors.min_valid_fraction, shrink "
+                f"{name} (from {src}) has {bad} NaN values in the block starting {t0}: the source "
+                "has gaps or does not cover the coarse grid; lower predictors.min_valid_fraction, "
+                "shrink "
                 f"domain.box, or set `fillna:` on that variable"
             )
 

@@ -5,9 +5,9 @@ The fields are simple known functions so that a built store can be checked again
 - MSWEP ``precipitation`` (mm/d): gamma noise (seeded), 0.1 deg, latitude descending, daily files;
 - MSWX ``air_temperature`` in degC (converted to K by the recipe) = ``10 + 0.5 * day``, spatially
   constant; ``relative_humidity`` (%) = 60; ``surface_pressure`` (Pa) = ``80000 + 10 * lat``;
-- ERA5 ``t``, ``q``, ``vo`` with a ``level`` dim (hPa), 0.25 deg, longitude 0..360, latitude descending,
-  monthly files whose last day is repeated in the next file (duplicate times); ``t`` at level L is
-  ``200 + L / 10 + day`` (K), ``q`` uses the ``noleap`` calendar (so 29 February is missing from it);
+- ERA5 ``t``, ``q``, ``vo`` with a ``level`` dim (hPa), 0.25 deg, longitude 0..360, latitude
+  descending, monthly files whose last day is repeated in the next file (duplicate times); ``t``
+  at level L is ``200 + L / 10 + day`` (K); ``q`` uses the ``noleap`` calendar (no 29 February);
 - ``static/elevation.nc``: ``elevation`` (m) = ``1000 + 100 * (lon + 108)``, 0.05 deg.
 """
 
@@ -102,7 +102,11 @@ def write_mswep_era5_layout(
 
                 keep = [not (d.month == 2 and d.day == 29) for d in mdays]
                 v = v[np.array(keep)]
-                times = [cftime.DatetimeNoLeap(d.year, d.month, d.day) for d, k2 in zip(mdays, keep, strict=True) if k2]
+                times = [
+                    cftime.DatetimeNoLeap(d.year, d.month, d.day)
+                    for d, k2 in zip(mdays, keep, strict=True)
+                    if k2
+                ]
             ds = xr.Dataset(
                 {var: (("time", "level", "latitude", "longitude"), v.astype(np.float32), attrs)},
                 coords={

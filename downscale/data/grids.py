@@ -1,13 +1,13 @@
 """Rectilinear lat/lon grid descriptions with explicit cell bounds.
 
 A :class:`Grid` holds ascending cell centres and cell edges for latitude and longitude (degrees,
-longitude in -180..180). Edges are what conservative regridding needs: the area of a cell on the unit
-sphere is ``(sin(lat_hi) - sin(lat_lo)) * (lon_hi - lon_lo)`` (radians), which is exact for cells bounded
-by meridians and latitude circles (regular and Gaussian grids alike).
+longitude in -180..180). Edges are what conservative regridding needs: the area of a cell on the
+unit sphere is ``(sin(lat_hi) - sin(lat_lo)) * (lon_hi - lon_lo)`` (radians), which is exact for
+cells bounded by meridians and latitude circles (regular and Gaussian grids alike).
 
-Grid factories used by the build recipes take the fine grid (``fine``) as their first argument so that a
-recipe can say "a 2.5 deg grid covering the fine domain", "the grid of this file, cropped to the fine
-domain" or "the fine grid coarsened x8"; they are configured with ``_partial_: true``.
+Grid factories used by the build recipes take the fine grid (``fine``) as their first argument so
+that a recipe can say "a 2.5 deg grid covering the fine domain", "the grid of this file, cropped to
+the fine domain" or "the fine grid coarsened x8"; they are configured with ``_partial_: true``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def edges_from_centres(centres: np.ndarray) -> np.ndarray:
     """Cell edges halfway between ascending centres, the outer ones mirrored (cdo's convention)."""
     c = np.asarray(centres, dtype=np.float64)
     if c.size == 1:
-        raise UserError("a grid axis has a single point, so its cell size is unknown; widen the box")
+        raise UserError(
+            "a grid axis has a single point, so its cell size is unknown; widen the box"
+        )
     mid = 0.5 * (c[1:] + c[:-1])
     return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
 
@@ -115,9 +117,9 @@ def edges_from_centres(centres: np.ndarray) -> np.ndarray:
 def gaussian_latitudes(nlat: int) -> tuple[np.ndarray, np.ndarray]:
     """Centres and edges (ascending, degrees) of the Gaussian grid with ``nlat`` latitudes.
 
-    Centres are the roots of the Legendre polynomial P_nlat; edges are placed so that each band's area
-    equals its Gauss quadrature weight, ``sin(edge_k) = -1 + sum_{i<k} w_i`` (the usual definition of
-    Gaussian grid cell bounds, e.g. in ECMWF/CDO).
+    Centres are the roots of the Legendre polynomial P_nlat; edges are placed so that each band's
+    area equals its Gauss quadrature weight, ``sin(edge_k) = -1 + sum_{i<k} w_i`` (the usual
+    definition of Gaussian grid cell bounds, e.g. in ECMWF/CDO).
     """
     x, w = np.polynomial.legendre.leggauss(nlat)
     centres = np.degrees(np.arcsin(x))
@@ -142,7 +144,7 @@ def _match_gaussian(lat: np.ndarray, tol: float = 2e-3) -> np.ndarray | None:
 
 
 def _is_regular(c: np.ndarray, atol: float = 2e-5) -> bool:
-    """Equal spacing up to float32 rounding of the coordinates (Gaussian grids deviate by ~1e-4 deg)."""
+    """Equal spacing up to float32 rounding of coordinates (Gaussian grids deviate by ~1e-4 deg)."""
     d = np.diff(c)
     return c.size < 3 or bool(np.abs(d - np.median(d)).max() < atol)
 
@@ -153,12 +155,12 @@ def grid_from_coords(
     lat_bounds: np.ndarray | None = None,
     lon_bounds: np.ndarray | None = None,
 ) -> Grid:
-    """Build a :class:`Grid` from ascending centre coordinates (and optional CF bounds, shape (n, 2)).
+    """Build a :class:`Grid` from ascending centres (and optional CF bounds of shape (n, 2)).
 
-    Without bounds, unequally spaced latitudes that match a Gaussian grid get Gaussian bounds, others
-    get midpoints. (Near the equator Gaussian latitudes are equally spaced to < 2e-5 deg and are taken
-    as regular; their midpoint bounds then differ by < 2e-3 deg: pass ``grids.gaussian(...)`` for exact
-    ones.)
+    Without bounds, unequally spaced latitudes that match a Gaussian grid get Gaussian bounds,
+    others get midpoints. (Near the equator Gaussian latitudes are equally spaced to < 2e-5 deg
+    and are taken as regular; their midpoint bounds then differ by < 2e-3 deg: pass
+    ``grids.gaussian(...)`` for exact ones.)
     """
     lat = np.asarray(lat, dtype=np.float64)
     lon = np.asarray(lon, dtype=np.float64)
@@ -311,9 +313,7 @@ def gaussian(
     return full.isel(*sl)
 
 
-def from_file(
-    fine: Grid | None = None, path: str | os.PathLike[str] = "", margin: int = 0
-) -> Grid:
+def from_file(fine: Grid | None = None, path: str | os.PathLike[str] = "", margin: int = 0) -> Grid:
     """The grid of a reference file (e.g. a GCM's), cropped to the cells overlapping ``fine``."""
     from downscale.data.sources import open_any, standardise
 
@@ -335,11 +335,15 @@ def coarsen(fine: Grid, factor: int = 8) -> Grid:
         raise UserError(f"the fine grid {fine.shape} is smaller than one x{f} block; widen the box")
     lat_e = fine.lat_bounds[: ny * f + 1 : f]
     lon_e = fine.lon_bounds[: nx * f + 1 : f]
-    lat = np.degrees(np.arcsin(0.5 * (np.sin(np.radians(lat_e[1:])) + np.sin(np.radians(lat_e[:-1])))))
+    lat = np.degrees(
+        np.arcsin(0.5 * (np.sin(np.radians(lat_e[1:])) + np.sin(np.radians(lat_e[:-1]))))
+    )
     return Grid(lat, 0.5 * (lon_e[1:] + lon_e[:-1]), lat_e, lon_e, fine.kind)
 
 
-def grid_to_coords(grid: Grid, lat_name: str = "lat", lon_name: str = "lon") -> dict[str, xr.DataArray]:
+def grid_to_coords(
+    grid: Grid, lat_name: str = "lat", lon_name: str = "lon"
+) -> dict[str, xr.DataArray]:
     """Coordinates (with CF attributes) for a grid."""
     return {
         lat_name: xr.DataArray(
@@ -359,6 +363,9 @@ def bounds_dataset(grid: Grid, lat_name: str = "lat", lon_name: str = "lon") -> 
     lb = np.stack([grid.lat_bounds[:-1], grid.lat_bounds[1:]], axis=1)
     ob = np.stack([grid.lon_bounds[:-1], grid.lon_bounds[1:]], axis=1)
     return xr.Dataset(
-        {f"{lat_name}_bnds": ((lat_name, "bnds"), lb), f"{lon_name}_bnds": ((lon_name, "bnds"), ob)},
+        {
+            f"{lat_name}_bnds": ((lat_name, "bnds"), lb),
+            f"{lon_name}_bnds": ((lon_name, "bnds"), ob),
+        },
         coords=coords,
     )

@@ -1,23 +1,25 @@
 """First-order conservative regridding between rectilinear lat/lon grids on the sphere.
 
-The remapped value of a target cell T is the area-weighted mean of the valid source values over it
-(Jones 1999, Mon. Wea. Rev. 127, 2204, eq. 3 with first-order terms; what ``cdo remapcon`` computes):
+The remapped value of a target cell T is the area-weighted mean of the valid source values over
+it (Jones 1999, Mon. Wea. Rev. 127, 2204, eq. 3, first-order terms; what ``cdo remapcon`` does):
 
-    out_T = sum_s A(T n s) v_s x_s / sum_s A(T n s) v_s,   valid where sum_s A(T n s) v_s >= f_min A(T)
+    out_T = sum_s A(T n s) v_s x_s / sum_s A(T n s) v_s,
+    valid where sum_s A(T n s) v_s >= f_min A(T)
 
 with ``v_s`` = 1 on valid (non-NaN) source cells and ``f_min`` the minimum valid fraction. For grids
 bounded by meridians and latitude circles the overlap area factorises,
-``A(T n s) = [sin-overlap of the latitude bands] x [longitude overlap in radians]``, so the weights are
-two small sparse matrices (one per axis) and the remap is ``W_lat @ x @ W_lon^T``. This is exact for
-regular and Gaussian grids alike.
+``A(T n s) = [sin-overlap of the latitude bands] x [longitude overlap in radians]``, so the weights
+are two small sparse matrices (one per axis) and the remap is ``W_lat @ x @ W_lon^T``. This is exact
+for regular and Gaussian grids alike.
 
 Backends (``backend=``):
 
 - ``"sparse"`` (default): our exact factorised weights, applied with scipy.sparse per time chunk
-  (lazily with dask). We wrote it because xarray-regrid (a) derives the latitude weight of a source cell
-  from the *median* latitude spacing, which is wrong on Gaussian grids, (b) applies the NaN threshold one
-  axis after the other rather than on the cell's valid area, and (c) cannot take explicit cell bounds
-  (a reference GCM grid); bench/regrid.py measures it against cdo and xarray-regrid.
+  (lazily with dask). We wrote it because xarray-regrid (a) derives the latitude weight of a source
+  cell from the *median* latitude spacing, which is wrong on Gaussian grids, (b) applies the NaN
+  threshold one axis after the other rather than on the cell's valid area, and (c) cannot take
+  explicit cell bounds (a reference GCM grid); bench/regrid.py measures it against cdo and
+  xarray-regrid.
 - ``"xarray_regrid"``: xarray-regrid's ``.regrid.conservative`` (bounds from centre midpoints).
 - ``"cdo"``: Debian's ``cdo remapcon`` via temporary netCDF files (eager; needs ``cdo`` on PATH).
 """
@@ -125,7 +127,9 @@ def _sparse(da: xr.DataArray, source: Grid, target: Grid, mvf: float) -> xr.Data
         exclude_dims={"lat", "lon"},
         dask="parallelized",
         output_dtypes=[np.result_type(da.dtype, np.float32)],
-        dask_gufunc_kwargs={"output_sizes": {"lat_out": target.lat.size, "lon_out": target.lon.size}},
+        dask_gufunc_kwargs={
+            "output_sizes": {"lat_out": target.lat.size, "lon_out": target.lon.size}
+        },
     )
     return out.rename({"lat_out": "lat", "lon_out": "lon"})
 
@@ -157,19 +161,23 @@ def cdo_available() -> bool:
 
 def _cdo(da: xr.DataArray, source: Grid, target: Grid, mvf: float) -> xr.DataArray:
     if not cdo_available():
-        raise UserError("regrid.backend=cdo needs the `cdo` program; apt-get install cdo or use sparse")
+        raise UserError(
+            "regrid.backend=cdo needs the `cdo` program; apt-get install cdo or use sparse"
+        )
     name = "field"
     extra = [d for d in da.dims if d not in ("lat", "lon")]
     arr = da.transpose(*extra, "lat", "lon")
     if len(extra) > 1:
-        raise UserError(f"the cdo backend takes at most one non-spatial dim, got {extra}; stack them")
+        raise UserError(
+            f"the cdo backend takes at most one non-spatial dim, got {extra}; stack them"
+        )
     values = np.asarray(arr.values, dtype=np.float64)
     indicator = np.where(np.isfinite(values), 1.0, np.nan)
     with tempfile.TemporaryDirectory(prefix="downscale-cdo-") as tmp:
         gd = Path(tmp, "grid.txt")
         gd.write_text(_griddes(target))
-        # REMAP_AREA_MIN is read but not applied by cdo 2.1.1's YAC remapcon, so the valid fraction is
-        # remapped separately: the indicator (1 on valid cells) with CDO_REMAP_NORM=destarea.
+        # REMAP_AREA_MIN is read but not applied by cdo 2.1.1's YAC remapcon, so the valid fraction
+        # is remapped separately: the indicator (1 on valid cells) with CDO_REMAP_NORM=destarea.
         result = {}
         for key, field, norm in (("value", values, "fracarea"), ("frac", indicator, "destarea")):
             src, out = Path(tmp, f"{key}_in.nc"), Path(tmp, f"{key}_out.nc")
@@ -209,8 +217,8 @@ def regrid_conservative(
     """Conservatively remap ``da`` (dims ``(..., lat, lon)``, ascending) onto ``target_grid``.
 
     Target cells whose valid (non-NaN) source area is below ``min_valid_fraction`` of their own area
-    are NaN. Lazy over dask chunks for the ``sparse`` and ``xarray_regrid`` backends: each chunk of the
-    non-spatial dims (e.g. time) is remapped alone, so memory stays bounded by the chunk size.
+    are NaN. Lazy over dask chunks for the ``sparse`` and ``xarray_regrid`` backends: each chunk of
+    the non-spatial dims (e.g. time) is remapped alone, so memory stays bounded by the chunk size.
     """
     _check(da, min_valid_fraction)
     if backend not in _IMPL:

@@ -1,22 +1,25 @@
 """Readers for the source products of dataset building.
 
-Every reader is a small class built from a recipe with ``_target_`` and returns, from ``open(period)``,
+Every reader is a small class built from a recipe with ``_target_``; its ``open(period)`` returns
 a lazy (dask-backed) :class:`xarray.Dataset` in one standard form:
 
-- dims ``time, lat, lon`` (statics: ``lat, lon``), latitude ascending, longitude in [-180, 180) ascending;
-- ``time`` as ``datetime64`` on the standard calendar (cftime calendars such as ``noleap`` are converted;
-  ``360_day`` maps dates onto the standard calendar), sorted, duplicate times dropped (first kept),
-  optionally floored to a frequency (``"D"``: E-OBS stamps days at 00:00, CMIP5 at 12:00);
-- variables renamed to their store names, pressure levels selected (``T850 = t at 850 hPa``), converted to
-  the requested units (checked from the files' ``units`` attributes), optionally clipped.
+- dims ``time, lat, lon`` (statics: ``lat, lon``), latitude ascending, longitude in [-180, 180)
+  ascending;
+- ``time`` as ``datetime64`` on the standard calendar (cftime calendars such as ``noleap`` are
+  converted; ``360_day`` maps dates onto the standard calendar), sorted, duplicate times dropped
+  (first kept), optionally floored to a frequency (``"D"``: E-OBS stamps days at 00:00, CMIP5 at
+  12:00);
+- variables renamed to their store names, pressure levels selected (``T850 = t at 850 hPa``),
+  converted to the requested units (checked from the files' ``units`` attributes), optionally
+  clipped.
 
-A variable entry is ``{name: <in-file name>, units: <wanted units>, units_in: <override>, level: <hPa>,
-clip: [lo, hi]}``; a plain string is the in-file name.
+A variable entry is ``{name: <in-file name>, units: <wanted units>, units_in: <override>, level:
+<hPa>, clip: [lo, hi]}``; a plain string is the in-file name.
 
 Layouts: MSWEP ``<root>/<YYYYDDD>.nc`` (variable ``precipitation``), MSWX ``<root>/<Folder>/Daily/
-<YYYYDDD>.nc``, ERA5 per-variable files ``<pattern with {variable}>`` with a ``level`` dim, and a generic
-netCDF/zarr glob. To add a source, subclass :class:`Source` and implement ``_files(period)`` (and, if the
-variables live in different files, ``_open_variable``); see docs/data.md.
+<YYYYDDD>.nc``, ERA5 per-variable files ``<pattern with {variable}>`` with a ``level`` dim, and a
+generic netCDF/zarr glob. To add a source, subclass :class:`Source` and implement ``_files(period)``
+(and, if the variables live in different files, ``_open_variable``); see docs/data.md.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def standardise(ds: xr.Dataset, where: str, floor: str | None = None) -> xr.Data
     for name in ("lat", "lon"):
         if name not in ds.dims:
             raise UserError(
-                f"{where} has no `{name}` dimension (dims: {list(ds.dims)}); projected y/x grids are "
+                f"{where} has no `{name}` dimension (dims: {list(ds.dims)}); projected y/x grids "
+                "are "
                 "not supported by the lat/lon builder: regrid the file to lat/lon first"
             )
     if ds["lat"].size > 1 and ds["lat"].values[0] > ds["lat"].values[-1]:
@@ -185,11 +189,13 @@ def _var_spec(store_name: str, spec: Any) -> dict[str, Any]:
 
 
 class Source:
-    """Base reader. ``variables`` maps store names to variable entries (see the module docstring)."""
+    """Base reader. ``variables`` maps store names to variable entries (see the module doc)."""
 
     layout = "netcdf"
 
-    def __init__(self, variables: Mapping[str, Any], engine_kwargs: Mapping[str, Any] | None = None):
+    def __init__(
+        self, variables: Mapping[str, Any], engine_kwargs: Mapping[str, Any] | None = None
+    ):
         if not variables:
             raise UserError(f"a {type(self).__name__} names no variables; add `variables:`")
         self.variables = {str(k): _var_spec(str(k), v) for k, v in dict(variables).items()}
@@ -218,7 +224,8 @@ class Source:
             )
         except ValueError as exc:
             raise UserError(
-                f"the files of {self.describe()} ({files[0].parent}) do not share one grid ({exc}); "
+                f"the files of {self.describe()} ({files[0].parent}) do not share one grid "
+                f"({exc}); "
                 "give one product per source"
             ) from exc
         return standardise(ds, self.describe())
@@ -265,7 +272,9 @@ class Source:
         da = da.reset_coords(drop=True)  # scalar/auxiliary coords (e.g. a selected level)
         extra = [d for d in da.dims if d not in ("time", "lat", "lon")]
         if extra:
-            raise UserError(f"{desc} has extra dims {extra}; select them (e.g. `level:`) in the recipe")
+            raise UserError(
+                f"{desc} has extra dims {extra}; select them (e.g. `level:`) in the recipe"
+            )
         if spec.get("units") is not None:
             da = convert(da, str(spec["units"]), where=desc, src=spec.get("units_in"))
         if spec.get("clip") is not None:
@@ -280,9 +289,7 @@ class Source:
 
     def open(self, period: Period | None = None, floor: str | None = None) -> xr.Dataset:
         """All variables of this source as one lazy standard dataset."""
-        arrays = [
-            self._open_variable(k, spec, period, floor) for k, spec in self.variables.items()
-        ]
+        arrays = [self._open_variable(k, spec, period, floor) for k, spec in self.variables.items()]
         try:
             return xr.merge(arrays, join="exact", compat="override")
         except ValueError as exc:
@@ -294,13 +301,17 @@ class Source:
 
 def _select_level(da: xr.DataArray, level: float, desc: str) -> xr.DataArray:
     if "level" not in da.dims:
-        raise UserError(f"{desc} has no pressure-level dim but `level: {level:g}` was asked; drop it")
+        raise UserError(
+            f"{desc} has no pressure-level dim but `level: {level:g}` was asked; drop it"
+        )
     levels = np.asarray(da["level"].values, dtype=np.float64)
     if str(da["level"].attrs.get("units", "")).lower() == "pa" or levels.max() > 2000:
         levels = levels / 100.0  # Pa -> hPa
     hit = np.nonzero(np.isclose(levels, level))[0]
     if hit.size == 0:
-        raise UserError(f"{desc} has no level {level:g} hPa (it has {levels.tolist()}); fix `level:`")
+        raise UserError(
+            f"{desc} has no level {level:g} hPa (it has {levels.tolist()}); fix `level:`"
+        )
     return da.isel(level=int(hit[0]), drop=True)
 
 
@@ -344,7 +355,9 @@ _DAILY = re.compile(r"^(\d{4})(\d{3})\.nc$")
 def _daily_files(folder: Path, period: Period | None, what: str) -> list[Path]:
     """``<folder>/<YYYYDDD>.nc`` files whose day lies in ``period``."""
     if not folder.is_dir():
-        raise UserError(f"{what} folder {folder} does not exist; check paths.data_root and the recipe")
+        raise UserError(
+            f"{what} folder {folder} does not exist; check paths.data_root and the recipe"
+        )
     files = []
     for f in sorted(folder.iterdir()):
         m = _DAILY.match(f.name)
@@ -393,7 +406,9 @@ class MSWXSource(Source):
         self.root = Path(root)
         for k, spec in self.variables.items():
             if "folder" not in spec:
-                raise UserError(f"MSWX variable {k} needs `folder:` (e.g. Temp); add it to the recipe")
+                raise UserError(
+                    f"MSWX variable {k} needs `folder:` (e.g. Temp); add it to the recipe"
+                )
 
     def describe(self) -> str:
         return f"mswx:{self.root}"
@@ -404,8 +419,9 @@ class MSWXSource(Source):
 
 class ERA5Source(Source):
     """ERA5 per-variable (yearly or monthly) files: ``pattern`` contains ``{variable}`` (the entry's
-    ``file_variable``, default its in-file ``name``), e.g. ``<root>/{variable}/*.nc``; pressure-level
-    variables carry a ``level`` (hPa) selected per entry, e.g. ``T850: {name: t, level: 850}``."""
+    ``file_variable``, default its in-file ``name``), e.g. ``<root>/{variable}/*.nc``;
+    pressure-level variables carry a ``level`` (hPa) selected per entry, e.g.
+    ``T850: {name: t, level: 850}``."""
 
     layout = "era5"
 

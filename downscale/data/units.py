@@ -1,9 +1,10 @@
 """Unit conversions checked from the files' ``units`` attributes.
 
-Spellings are normalised to a canonical symbol (``"kg m-2 s-1"``, ``"kg/m2/s"`` and ``"kg m**-2 s**-1"``
-are one unit); a conversion is an affine map ``y = scale * x + offset`` between canonical symbols. Only
-physically meaningful pairs are listed (precipitation flux/rate/depth per time, temperature, pressure,
-geopotential, humidity); anything else is a :class:`UserError` naming the file, variable and units.
+Spellings are normalised to a canonical symbol (``"kg m-2 s-1"``, ``"kg/m2/s"`` and
+``"kg m**-2 s**-1"`` are one unit); a conversion is an affine map ``y = scale * x + offset`` between
+canonical symbols. Only physically meaningful pairs are listed (precipitation flux/rate/depth per
+time, temperature, pressure, geopotential, humidity); anything else is a :class:`UserError` naming
+the file, variable and units.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def canonical(units: str) -> str | None:
 
 
 def conversion(src: str, dst: str) -> tuple[float, float] | None:
-    """``(scale, offset)`` taking values in ``src`` units to ``dst`` units, or None if impossible."""
+    """``(scale, offset)`` taking ``src`` units to ``dst`` units, or None if impossible."""
     a, b = canonical(src), canonical(dst)
     if a is None or b is None:  # unknown units convert only to the identical spelling
         return (1.0, 0.0) if src.strip() == dst.strip() else None

@@ -1,4 +1,5 @@
-"""Conservative regridding: conservation, exactness, NaN handling, Gaussian grids, cdo agreement, laziness."""
+"""Conservative regridding: conservation, exactness, NaN handling, Gaussian grids, cdo agreement,
+laziness."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def _field(grid: grids.Grid, nt: int = 2, seed: int = 0) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     x = rng.gamma(0.6, 3.0, size=(nt, *grid.shape))
     return xr.DataArray(
-        x, dims=("time", "lat", "lon"), coords={"lat": grid.lat, "lon": grid.lon, "time": np.arange(nt)}
+        x,
+        dims=("time", "lat", "lon"),
+        coords={"lat": grid.lat, "lon": grid.lon, "time": np.arange(nt)},
     )
 
 
@@ -79,8 +82,9 @@ def test_nan_aware_min_valid_fraction(fine: grids.Grid) -> None:
 
 def test_partial_cover_is_masked() -> None:
     src = grids.regular(resolution=(0.5, 0.5), box={"lon": [0, 10], "lat": [0, 10]})
-    da = xr.DataArray(np.ones((1, *src.shape)), dims=("t", "lat", "lon"),
-                      coords={"lat": src.lat, "lon": src.lon})
+    da = xr.DataArray(
+        np.ones((1, *src.shape)), dims=("t", "lat", "lon"), coords={"lat": src.lat, "lon": src.lon}
+    )
     tgt = grids.regular(resolution=(4, 4), offset=(0, 0), box={"lon": [0, 10], "lat": [0, 10]})
     out = regrid_conservative(da, tgt, min_valid_fraction=0.5).values[0]
     # the target cell centred at 0 covers [-2, 2]: a quarter of it in lon (and lat) has data
@@ -110,7 +114,8 @@ def test_gaussian_source_conserves_mean() -> None:
     da = _field(g, nt=1, seed=3)
     tgt = grids.regular(g, resolution=(2.5, 2.5), offset=(0, 0))
     inner = grids.Grid(tgt.lat, tgt.lon, tgt.lat_bounds, tgt.lon_bounds)
-    # near the equator Gaussian latitudes are equally spaced to 1e-5 deg, so pass the grid explicitly
+    # near the equator Gaussian latitudes are equally spaced to 1e-5 deg, so pass the grid
+    # explicitly
     out = regrid_conservative(da, inner, source_grid=g, min_valid_fraction=0.0)
     # total integral over the covered part equals the source integral (all source cells are covered)
     src_int = float((da.values[0] * g.cell_area()).sum())

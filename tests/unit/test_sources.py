@@ -36,7 +36,9 @@ def test_mswep_reader_flips_latitude_and_filters_days(layout: Path) -> None:
     assert list(ds.data_vars) == ["precip"] and ds["precip"].attrs["units"] == "mm/day"
     assert ds.sizes["time"] == 4  # 27, 28, 29 Feb, 1 Mar
     raw = xr.open_dataset(layout / "MSWEP" / "2000058.nc")  # 27 Feb = day 58
-    np.testing.assert_array_equal(ds["precip"].isel(time=0).values, raw["precipitation"][0, ::-1].values)
+    np.testing.assert_array_equal(
+        ds["precip"].isel(time=0).values, raw["precipitation"][0, ::-1].values
+    )
     assert ds["precip"].dims == ("time", "lat", "lon")
 
 
@@ -55,8 +57,10 @@ def test_mswx_converts_degc_to_kelvin(layout: Path) -> None:
 def test_era5_levels_lon_duplicates_noleap(layout: Path) -> None:
     src = ERA5Source(
         pattern=str(layout / "ERA5" / "{variable}" / "*.nc"),
-        variables={"T850": {"name": "t", "level": 850, "units": "K"},
-                   "T200": {"name": "t", "level": 200}},
+        variables={
+            "T850": {"name": "t", "level": 850, "units": "K"},
+            "T200": {"name": "t", "level": 200},
+        },
     )
     ds = src.open(Period("2000-02-25", "2000-03-03"))
     _standard(ds)
@@ -65,8 +69,10 @@ def test_era5_levels_lon_duplicates_noleap(layout: Path) -> None:
     np.testing.assert_allclose(ds["T850"].values[:, 0, 0], 285.0 + np.arange(8))
     np.testing.assert_allclose(ds["T200"].values[:, 0, 0], 220.0 + np.arange(8))
     assert -114.0 < float(ds["lon"].min()) < float(ds["lon"].max()) < -100.0  # was 246..258
-    q = ERA5Source(pattern=str(layout / "ERA5" / "{variable}" / "*.nc"),
-                   variables={"Q850": {"name": "q", "level": 850, "units": "g kg-1"}})
+    q = ERA5Source(
+        pattern=str(layout / "ERA5" / "{variable}" / "*.nc"),
+        variables={"Q850": {"name": "q", "level": 850, "units": "g kg-1"}},
+    )
     dq = q.open(Period("2000-02-25", "2000-03-03"))
     _standard(dq)
     times = pd.DatetimeIndex(dq["time"].values)
@@ -75,8 +81,10 @@ def test_era5_levels_lon_duplicates_noleap(layout: Path) -> None:
 
 
 def test_era5_missing_level_is_user_error(layout: Path) -> None:
-    src = ERA5Source(pattern=str(layout / "ERA5" / "{variable}" / "*.nc"),
-                     variables={"T300": {"name": "t", "level": 300}})
+    src = ERA5Source(
+        pattern=str(layout / "ERA5" / "{variable}" / "*.nc"),
+        variables={"T300": {"name": "t", "level": 300}},
+    )
     with pytest.raises(UserError, match="no level 300"):
         src.open()
 
@@ -94,9 +102,18 @@ def test_period_selection() -> None:
 
 def test_netcdf_source_errors(tmp_path: Path) -> None:
     ds = xr.Dataset(
-        {"pr": (("time", "lat", "lon"), np.ones((2, 3, 4)) * [1, 2, 3, 4], {"units": "kg m-2 s-1"})},
-        coords={"time": pd.date_range("2000-01-01", periods=2), "lat": [1.0, 2.0, 3.0],
-                "lon": [0.0, 90.0, 180.0, 270.0]},
+        {
+            "pr": (
+                ("time", "lat", "lon"),
+                np.ones((2, 3, 4)) * [1, 2, 3, 4],
+                {"units": "kg m-2 s-1"},
+            )
+        },
+        coords={
+            "time": pd.date_range("2000-01-01", periods=2),
+            "lat": [1.0, 2.0, 3.0],
+            "lon": [0.0, 90.0, 180.0, 270.0],
+        },
     )
     f = tmp_path / "pr.nc"
     ds.to_netcdf(f)
