@@ -225,3 +225,29 @@ def test_build_store_direct(data_root: Path, tmp_path: Path) -> None:
     ds = xr.open_zarr(out, consolidated=True)
     assert ds["precip"].encoding["chunks"] == (3, 40, 40)
     assert ds["precip"].dtype == np.float32
+
+
+def test_cli_prints_one_line(data_root: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DOWNSCALE_DATA_ROOT=str(data_root), HYDRA_FULL_ERROR="0")
+    env.pop("DOWNSCALE_DEBUG", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "downscale.build",
+        "build=mswep_era5",
+        f"out={tmp_path / 's.zarr'}",
+    ]
+    cmd += [*SMALL, "build.predictand.source.variables.precip.units=K", f"hydra.run.dir={tmp_path}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(CONF).parent)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and "cannot be converted to 'K'" in lines[0]
+    )
+    assert not (tmp_path / "s.zarr").exists()
