@@ -169,7 +169,7 @@ def plan_store(recipe: Mapping[str, Any]) -> tuple[_Plan, dict[str, Any]]:
         for v in s.data_vars:
             if "time" in s[v].dims:
                 s[v] = s[v].isel(time=0, drop=True)
-        s = _regrid_all(s, fine, regrid_cfg, mvf)
+        s = _regrid_all(s, fine, regrid_cfg, float(regrid_cfg.get("min_valid_fraction", 0.5)))
         for v in s.data_vars:
             plan.static[f"static_{v}"] = s[v]
             plan.sources[f"static_{v}"] = src.describe()

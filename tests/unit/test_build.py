@@ -251,3 +251,14 @@ def test_cli_prints_one_line(data_root: Path, tmp_path: Path) -> None:
         and "cannot be converted to 'K'" in lines[0]
     )
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_predictand_remapped_to_a_resolution(data_root: Path, tmp_path: Path) -> None:
+    grid = "{_target_:downscale.data.grids.regular,resolution:[0.2,0.2]}"
+    ds = xr.open_zarr(run(_cfg(data_root, tmp_path / "r.zarr", f"build.predictand.grid={grid}")))
+    assert ds["precip"].shape == (7, 20, 20)
+    assert np.allclose(np.diff(ds["lat"].values), 0.2)
+    native = xr.open_zarr(run(_cfg(data_root, tmp_path / "n.zarr")))
+    # the box edges fall on 0.2 deg multiples, so the area mean is conserved exactly
+    rel = np.abs(area_mean(ds["precip"]) / area_mean(native["precip"]) - 1)
+    assert float(rel.max()) < 1e-6
