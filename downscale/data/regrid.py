@@ -71,24 +71,25 @@ class ConservativeWeights:
 
     def __init__(self, source: Grid, target: Grid) -> None:
         self.source, self.target = source, target
-        self.w_lat = lat_weights(target, source)
-        self.w_lon_t = lon_weights(target, source).T.tocsr()  # (n_src_lon, n_tgt_lon)
+        self.w_lat = lat_weights(target, source)  # (n_tgt_lat, n_src_lat)
+        self.w_lon = lon_weights(target, source)  # (n_tgt_lon, n_src_lon)
         self.target_area = target.cell_area()
         cov_lat = np.asarray(self.w_lat.sum(axis=1)).ravel()
-        cov_lon = np.asarray(self.w_lon_t.sum(axis=0)).ravel()
+        cov_lon = np.asarray(self.w_lon.sum(axis=1)).ravel()
         self.covered_area = np.outer(cov_lat, cov_lon)
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
         """``W_lat @ x @ W_lon^T`` over the last two axes of ``x`` (..., nlat, nlon)."""
         lead = x.shape[:-2]
         ny, nx = x.shape[-2:]
-        x2 = x.reshape(-1, nx)
-        y = np.asarray(x2 @ self.w_lon_t) if x2.size else np.zeros((0, self.target.lon.size))
-        y = y.reshape(-1, ny, self.target.lon.size)
-        # latitude: sparse (NY, ny) applied to each leading slice via one matmul on (ny, lead*NX)
-        z = self.w_lat @ np.moveaxis(y, 1, 0).reshape(ny, -1)
-        z = np.moveaxis(z.reshape(self.target.lat.size, -1, self.target.lon.size), 0, 1)
-        return z.reshape(*lead, self.target.lat.size, self.target.lon.size)
+        x3 = x.reshape(-1, ny, nx)
+        out = np.empty((x3.shape[0], self.target.lat.size, self.target.lon.size))
+        # one 2-D field at a time, both steps as CSR @ C-contiguous dense (scipy's fast path;
+        # dense @ sparse over the whole block was 15x slower): rows first, then columns
+        for k in range(x3.shape[0]):
+            rows = self.w_lat @ x3[k]  # (NY, nx)
+            out[k] = (self.w_lon @ np.ascontiguousarray(rows.T)).T
+        return out.reshape(*lead, self.target.lat.size, self.target.lon.size)
 
     def __call__(self, x: np.ndarray, min_valid_fraction: float = 0.5) -> np.ndarray:
         x = np.asarray(x)
