@@ -218,10 +218,14 @@ def regrid_conservative(
     """Conservatively remap ``da`` (dims ``(..., lat, lon)``, ascending) onto ``target_grid``.
 
     Target cells whose valid (non-NaN) source area is below ``min_valid_fraction`` of their own area
-    are NaN. Lazy over dask chunks for the ``sparse`` and ``xarray_regrid`` backends: each chunk of
+    are NaN. Descending latitudes / unsorted longitudes are sorted first. Lazy over dask chunks for the ``sparse`` and ``xarray_regrid`` backends: each chunk of
     the non-spatial dims (e.g. time) is remapped alone, so memory stays bounded by the chunk size.
     """
     _check(da, min_valid_fraction)
+    if da.sizes["lat"] > 1 and float(da["lat"][0]) > float(da["lat"][-1]):
+        da = da.isel(lat=slice(None, None, -1))  # the weights assume ascending centres
+    if da.sizes["lon"] > 1 and bool((da["lon"].diff("lon") < 0).any()):
+        da = da.sortby("lon")
     if backend not in _IMPL:
         raise UserError(f"unknown regrid backend {backend!r}; use one of {list(BACKENDS)}")
     source = grid_of(da) if source_grid is None else source_grid

@@ -170,3 +170,12 @@ def test_lazy_over_dask_chunks(fine: grids.Grid) -> None:
 def test_unknown_backend(fine: grids.Grid) -> None:
     with pytest.raises(UserError, match="backend"):
         regrid_conservative(_field(fine, 1), grids.coarsen(fine, 4), backend="nope")
+
+
+def test_descending_latitude_input(fine: grids.Grid) -> None:
+    da = _field(fine, nt=1)
+    tgt = grids.coarsen(fine, 10)
+    flipped = da.isel(lat=slice(None, None, -1))
+    np.testing.assert_array_equal(
+        regrid_conservative(flipped, tgt).values, regrid_conservative(da, tgt).values
+    )
