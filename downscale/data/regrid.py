@@ -215,11 +215,12 @@ def regrid_conservative(
     min_valid_fraction: float = 0.5,
     backend: str = "sparse",
 ) -> xr.DataArray:
-    """Conservatively remap ``da`` (dims ``(..., lat, lon)``, ascending) onto ``target_grid``.
+    """Conservatively remap ``da`` (dims ``(..., lat, lon)``) onto ``target_grid``.
 
     Target cells whose valid (non-NaN) source area is below ``min_valid_fraction`` of their own area
-    are NaN. Descending latitudes / unsorted longitudes are sorted first. Lazy over dask chunks for the ``sparse`` and ``xarray_regrid`` backends: each chunk of
-    the non-spatial dims (e.g. time) is remapped alone, so memory stays bounded by the chunk size.
+    are NaN. Descending latitudes / unsorted longitudes are sorted first. Lazy over dask chunks for
+    the ``sparse`` and ``xarray_regrid`` backends: each chunk of the non-spatial dims (e.g. time) is
+    remapped alone, so memory stays bounded by the chunk size.
     """
     _check(da, min_valid_fraction)
     if da.sizes["lat"] > 1 and float(da["lat"][0]) > float(da["lat"][-1]):
