@@ -237,7 +237,7 @@ def _open(path: Path, chunks: Mapping[str, int]) -> xr.Dataset:
         )
     if path.suffix in (".nc", ".nc4", ".netcdf") or path.is_file():
         return xr.open_dataset(path, chunks=dict(chunks))
-    return xr.open_zarr(path, chunks=dict(chunks))
+    return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
 
 
 def _pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:

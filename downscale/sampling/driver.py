@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 from torch.utils.data import default_collate
 from tqdm.auto import tqdm
 
@@ -188,13 +189,18 @@ def write_samples(
     require(request.block_size >= 1, "block_size must be at least 1")
     require(batch_size >= 1, "batch_size must be at least 1")
     if request.out.exists():
-        existing = xr.open_zarr(request.out, consolidated=False).attrs.get("request_key")
+        existing = xr.open_zarr(request.out, consolidated=False).attrs
         require(
-            existing == request.key(),
+            existing.get("request_key") == request.key(),
             f"{request.out} already holds samples of a different request (checkpoint, sampler, seed "
             "or times); choose another out= or remove it",
         )
-        return {"path": request.out, "nfe": None, "seconds": 0.0, "blocks_computed": 0}
+        return {
+            "path": request.out,
+            "nfe": existing.get("nfe"),
+            "seconds": 0.0,
+            "blocks_computed": 0,
+        }
     device = torch.device(device)
     model = model.to(device).eval()
     partial, blocks = _open_or_create(datamodule, request)
@@ -225,6 +231,7 @@ def write_samples(
             chunks.append(draws.float().cpu().numpy())
             bar.update(len(items))
         _write_block(datamodule, np.concatenate(chunks), partial, lo, hi)
+        zarr.open_group(partial, mode="r+").attrs["nfe"] = int(nfe)
         (blocks / str(b)).touch()
     bar.close()
     seconds = _time.perf_counter() - started
