@@ -46,8 +46,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "regrid.json"))
     args = ap.parse_args()
-    if shutil.which("cdo") is None:
-        sys.exit("cdo is not installed (apt-get install cdo); nothing to compare against")
+    if shutil.which("cdo") is None:  # skip cleanly (make bench runs every benchmark)
+        print("skipped: cdo is not installed (apt-get install cdo); nothing to compare against")
+        return
 
     half = args.n * 0.1 / 2
     src = grids.regular(resolution=(0.1, 0.1), box={"lon": [-half, half], "lat": [-half, half]})

@@ -134,7 +134,8 @@ def plan_store(recipe: Mapping[str, Any]) -> tuple[_Plan, dict[str, Any]]:
     fine = grid_of(y)
     if pcfg.get("grid"):
         fine = _grid_factory(pcfg["grid"], "predictand.grid")(fine=fine)
-        y = _regrid_all(y, fine, regrid_cfg, float(pcfg.get("min_valid_fraction", 0.5)))
+        pmvf = pcfg.get("min_valid_fraction", regrid_cfg.get("min_valid_fraction", 0.5))
+        y = _regrid_all(y, fine, regrid_cfg, float(pmvf))
     times = pd.DatetimeIndex(y["time"].values)
     for v in y.data_vars:
         plan.timed[str(v)] = y[v]
@@ -173,6 +174,9 @@ def plan_store(recipe: Mapping[str, Any]) -> tuple[_Plan, dict[str, Any]]:
         for v in s.data_vars:
             plan.static[f"static_{v}"] = s[v]
             plan.sources[f"static_{v}"] = src.describe()
+            fill = src.variables[str(v)].get("fillna")
+            if fill is not None:
+                plan.fillna[f"static_{v}"] = float(fill)
 
     meta = {
         "name": name,
@@ -204,8 +208,7 @@ def _check_block(block: xr.Dataset, plan: _Plan, t0: pd.Timestamp) -> None:
             raise UserError(
                 f"{name} (from {src}) has {bad} NaN values in the block starting {t0}: the source "
                 "has gaps or does not cover the coarse grid; lower predictors.min_valid_fraction, "
-                "shrink "
-                f"domain.box, or set `fillna:` on that variable"
+                "shrink domain.box, or set `fillna:` on that variable"
             )
 
 
@@ -253,6 +256,14 @@ def _write(plan: _Plan, meta: dict[str, Any], tmp: Path) -> None:
             {k: v.astype("float32").compute() for k, v in plan.static.items()}
         ).assign_coords(lat=fine.lat, lon=fine.lon)
         for k in plan.static:
+            if k in plan.fillna:
+                static[k] = static[k].fillna(plan.fillna[k])
+            bad = int(static[k].isnull().sum())
+            if bad:
+                raise UserError(
+                    f"{k} (from {plan.sources[k]}) has {bad} NaN cells on the fine grid: the file "
+                    "has gaps or does not cover the domain; fix domain.box or set `fillna:` on it"
+                )
             static[k].attrs = dict(plan.static[k].attrs)
         static["valid_mask"] = xr.DataArray(
             all_valid.astype("uint8"),

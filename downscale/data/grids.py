@@ -242,6 +242,13 @@ def snap_box(
             out.append(slice(0, n))
             continue
         lo, hi = float(min(box)), float(max(box))
+        if axis == "lon" and hi > 180.0:  # a 0..360 box: to -180..180 like the data
+            lo, hi = (float(v) for v in normalise_lon(np.array([lo, hi])))
+            if lo > hi:
+                raise UserError(
+                    f"the domain box lon {list(box)} crosses the date line; split it or use a "
+                    "box within -180..180"
+                )
         if rule == "centre":
             idx = np.nonzero((centres >= lo - 1e-9) & (centres <= hi + 1e-9))[0]
         else:

@@ -28,6 +28,7 @@ import datetime as dt
 import glob
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,9 @@ def open_any(path: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         raise UserError(f"source file {p} does not exist; check paths.data_root and the recipe")
     try:
         if p.suffix == ".zarr" or p.is_dir():
-            return xr.open_zarr(p, chunks={}, **kwargs)
+            with warnings.catch_warnings():  # stores without consolidated metadata are fine
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return xr.open_zarr(p, chunks={}, **kwargs)
         return xr.open_dataset(p, chunks={}, **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         msg = " ".join(str(exc).split())[:200]

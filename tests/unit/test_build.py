@@ -262,3 +262,17 @@ def test_predictand_remapped_to_a_resolution(data_root: Path, tmp_path: Path) ->
     # the box edges fall on 0.2 deg multiples, so the area mean is conserved exactly
     rel = np.abs(area_mean(ds["precip"]) / area_mean(native["precip"]) - 1)
     assert float(rel.max()) < 1e-6
+
+
+def test_static_not_covering_domain(data_root: Path, tmp_path: Path) -> None:
+    # a terrain file covering only the western half of the box leaves NaN terrain
+    small = tmp_path / "small_elevation.nc"
+    xr.open_dataset(data_root / "mswep_era5" / "static" / "elevation.nc").sel(
+        lon=slice(-111, -108)
+    ).to_netcdf(small)
+    _bad(
+        data_root,
+        tmp_path,
+        "static_elevation .* NaN cells.*fillna",
+        f"build.statics.terrain.path={small}",
+    )

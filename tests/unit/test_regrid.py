@@ -179,3 +179,13 @@ def test_descending_latitude_input(fine: grids.Grid) -> None:
     np.testing.assert_array_equal(
         regrid_conservative(flipped, tgt).values, regrid_conservative(da, tgt).values
     )
+
+
+def test_snap_box_accepts_0_360_longitudes(fine: grids.Grid) -> None:
+    a = grids.snap_box(fine, lon=[-5.0, 5.0], lat=[35.0, 45.0])
+    b = grids.snap_box(fine, lon=[355.0, 365.0], lat=[35.0, 45.0])  # the same box in 0..360
+    assert a == b and a[1] == slice(10, 110)
+    with pytest.raises(UserError, match="date line"):
+        grids.snap_box(fine, lon=[170.0, 190.0], lat=[35.0, 45.0])
+    with pytest.raises(UserError, match="holds no cell"):
+        grids.snap_box(fine, lon=[20.0, 30.0], lat=[35.0, 45.0])

@@ -146,3 +146,24 @@ def test_units_table() -> None:
     with pytest.raises(UserError, match="no `units` attribute"):
         convert(da, "K", where="x")
     assert float(convert(da, "K", where="x", src="degC")[0]) == pytest.approx(274.15)
+
+
+def test_zarr_source_with_360_day_calendar(tmp_path: Path) -> None:
+    import cftime
+
+    times = [cftime.Datetime360Day(2000, 2, d) for d in (28, 29, 30)] + [
+        cftime.Datetime360Day(2000, 3, 1)
+    ]
+    ds = xr.Dataset(
+        {"tas": (("time", "lat", "lon"), np.arange(4.0)[:, None, None] * np.ones((4, 2, 2)))},
+        coords={"time": times, "lat": [10.0, 11.0], "lon": [350.0, 351.0]},
+    )
+    ds["tas"].attrs["units"] = "K"
+    store = tmp_path / "tas.zarr"
+    ds.to_zarr(store, zarr_format=3, consolidated=False)
+    out = NetCDFSource(str(store), {"tas": {"units": "degC"}}).open()
+    _standard(out)
+    # 30 February does not exist on the standard calendar: dropped (align_on="date")
+    assert [str(t)[:10] for t in out["time"].values] == ["2000-02-28", "2000-02-29", "2000-03-01"]
+    np.testing.assert_allclose(out["tas"].values[:, 0, 0], np.array([0.0, 1.0, 3.0]) - 273.15)
+    np.testing.assert_array_equal(out["lon"].values, [-10.0, -9.0])
