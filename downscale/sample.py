@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from downscale.sampling.driver import SampleRequest, SamplerRun, write_samples
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
+from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
 from downscale.utils.errors import report_user_errors, require
 from downscale.utils.seeding import resolve_device
@@ -110,4 +111,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("sample", main)

@@ -17,9 +17,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from downscale.utils.checkpoint import load_checkpoint
+from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
 from downscale.utils.errors import report_user_errors, require
-from downscale.utils.seeding import check_accelerator
+from downscale.utils.seeding import check_accelerator, check_trainer_types
 
 CONFIG_KEYS_SAVED = ("data", "model", "net", "seed")
 
@@ -48,6 +49,7 @@ def _init_from(model: L.LightningModule, path: str) -> None:
 def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the model and the Trainer of a train config."""
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.precision)
+    check_trainer_types(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
@@ -72,13 +74,14 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
 @report_user_errors
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train; returns the run dir, checkpoint paths and the final logged metrics."""
+    resume_from = _resume_checkpoint(cfg)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     datamodule, model, trainer = build(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(model.run_info["config"])
-        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     finally:
         _finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
@@ -106,4 +109,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("train", main)
