@@ -143,7 +143,7 @@ def _template(datamodule: Any, request: SampleRequest) -> xr.Dataset:
             for k, v in request.attrs.items()
         }
     )
-    out.attrs.update(request_key=request.key(), downscale_version=__version__)
+    out.attrs.update(request_key=request.key(), seed=request.seed, downscale_version=__version__)
     return out
 
 
