@@ -25,7 +25,7 @@ from downscale.data.store import (
     time_split,
     valid_mask,
 )
-from downscale.utils.errors import require
+from downscale.utils.errors import UserError, require
 
 DatasetFactory = Callable[..., Dataset]
 
@@ -40,12 +40,23 @@ class DownscaleDataModule(L.LightningDataModule):
         statics: fine static predictor names without the ``static_`` prefix.
         variables: scaler per store variable name (e.g. ``precip``, ``coarse_precip``, ``static_terrain``).
         train_dataset: factory ``(fields, times) -> Dataset`` for training (e.g. random patches).
-        eval_dataset: factory for validation/test/sampling; whole domain when None.
+        eval_dataset: factory for test/sampling (and validation unless ``val_dataset``); whole
+            domain when None. Sampling writes the whole fine grid, so keep it whole-domain
+            (``UpsampleDataset``, optionally padded) when the model is sampled with this config.
+        val_dataset: factory for validation only (e.g. a fixed region of a large domain); defaults
+            to ``eval_dataset``.
         splits: ``{train, val, test}`` -> [start, end] as fractions or dates.
         drop_feb29: drop 29 February (as the reference system does).
         day_of_year: add sin/cos of the day of year as inputs.
         location: add normalised row/column coordinates as inputs.
-        in_memory_limit_gb: load arrays into memory when they are smaller than this, else read lazily.
+        in_memory_limit_gb: load arrays into memory, smallest first, while their total stays below
+            this; the rest is read lazily from the store (chunk by chunk).
+        recipe: the build recipe (``conf/build/<recipe>.yaml``) that makes the store; named in the
+            error when the store is missing.
+        regions: named fixed regions, ``name -> [row, col, height, width]`` or
+            ``{lat: [s, n], lon: [w, e]}``, usable as ``FixedRegionDataset(region=<name>)``.
+        fit_scalers: fit scalers on the training split (True) or require scalers from a checkpoint
+            (False: a store that is only ever sampled, e.g. GCM predictors on the training grids).
     """
 
     def __init__(
@@ -65,6 +76,10 @@ class DownscaleDataModule(L.LightningDataModule):
         day_of_year: bool = False,
         location: bool = False,
         in_memory_limit_gb: float = 4.0,
+        val_dataset: DatasetFactory | None = None,
+        recipe: str | None = None,
+        regions: dict[str, Any] | None = None,
+        fit_scalers: bool = True,
     ) -> None:
         super().__init__()
         self.store = str(store)
@@ -82,6 +97,10 @@ class DownscaleDataModule(L.LightningDataModule):
         self.day_of_year = day_of_year
         self.location = location
         self.in_memory_limit_gb = in_memory_limit_gb
+        self.val_factory = val_dataset
+        self.recipe = recipe
+        self.regions = {k: _plain(v) for k, v in (regions or {}).items()}
+        self.fit_scalers = fit_scalers
         self.fitted = False
         self.ds: xr.Dataset | None = None
         self.fields: Fields | None = None
@@ -92,7 +111,7 @@ class DownscaleDataModule(L.LightningDataModule):
         """Open the store, check variables and splits, fit scalers if needed, build the fields."""
         if self.fields is not None:
             return
-        ds = open_store(self.store)
+        ds = open_store(self.store, self.recipe)
         names = self.targets + self.coarse_names + self.static_names
         require_variables(ds, names, f"data config for {self.store}")
         unscaled = [n for n in names if n not in self.scalers]
@@ -104,12 +123,26 @@ class DownscaleDataModule(L.LightningDataModule):
         usable = np.arange(len(times))
         if self.drop_feb29:
             usable = usable[~((times.month == 2) & (times.day == 29))]
+        require(
+            "train" in self.splits or self.fitted or not self.fit_scalers,
+            f"data.splits has no 'train' split to fit the scalers on (has {list(self.splits)}); add one",
+        )
         for name, bounds in self.splits.items():
             idx = usable[time_split(times[usable], bounds)]
-            require(len(idx) > 0, f"split '{name}' {bounds} selects no time steps of {self.store}")
+            require(
+                len(idx) > 0,
+                f"split '{name}' {list(bounds)} selects no time steps of {self.store} (it holds "
+                f"{times[0]} .. {times[-1]}, {len(times)} steps); change data.splits.{name}",
+            )
             self.split_indices[name] = idx
         self.ds = ds
         if not self.fitted:
+            require(
+                self.fit_scalers,
+                f"the data config of {self.store} takes its scalers from a checkpoint (fit_scalers: "
+                "false); sample a trained model with 'python -m downscale.sample run_dir=<train run> "
+                f"data.store={self.store}'",
+            )
             self._fit_scalers(ds)
         self.fields = self._fields(ds)
 
@@ -126,14 +159,26 @@ class DownscaleDataModule(L.LightningDataModule):
 
     def _array(self, ds: xr.Dataset, name: str, load: bool):
         if load:
-            return ds[name].values
+            values = ds[name].values
+            if name in self.coarse_names:
+                _require_finite(values, name, ds)
+            return values
         if Path(self.store).suffix != ".nc":
             return zarr.open_group(self.store, mode="r")[name]
         return ds[name].variable  # lazily indexed netCDF variable
 
+    def _in_memory(self, ds: xr.Dataset) -> set[str]:
+        """Arrays to load, smallest first (coarse predictors before fine targets) within the limit."""
+        budget, chosen = self.in_memory_limit_gb * 2**30, set()
+        for name in sorted(self.targets + self.coarse_names, key=lambda n: ds[n].nbytes):
+            if ds[name].nbytes > budget:
+                break
+            budget -= ds[name].nbytes
+            chosen.add(name)
+        return chosen
+
     def _fields(self, ds: xr.Dataset) -> Fields:
-        nbytes = sum(ds[n].nbytes for n in self.targets + self.coarse_names)
-        load = nbytes < self.in_memory_limit_gb * 2**30
+        load = self._in_memory(ds)
         target0 = self.targets[0]
         fine_lat, fine_lon = (ds[d].values for d in ds[target0].dims[-2:])
         coarse_dims = (
@@ -142,8 +187,8 @@ class DownscaleDataModule(L.LightningDataModule):
         coarse_lat, coarse_lon = (ds[d].values for d in coarse_dims)
         times = pd.DatetimeIndex(ds.indexes["time"])
         return Fields(
-            targets=[self._array(ds, n, load) for n in self.targets],
-            coarse=[self._array(ds, n, load) for n in self.coarse_names],
+            targets=[self._array(ds, n, n in load) for n in self.targets],
+            coarse=[self._array(ds, n, n in load) for n in self.coarse_names],
             statics=[
                 np.nan_to_num(self.scalers[n].forward(ds[n].values.astype(np.float32)))
                 for n in self.static_names
@@ -156,6 +201,9 @@ class DownscaleDataModule(L.LightningDataModule):
             coarse_names=self.coarse_names,
             day_of_year=times.dayofyear.values if self.day_of_year else None,
             location=self.location,
+            lat=fine_lat,
+            lon=fine_lon,
+            regions=self.regions,
         )
 
     # --- what models and checkpoints need ------------------------------------------------------
@@ -167,6 +215,25 @@ class DownscaleDataModule(L.LightningDataModule):
     def cond_channels(self) -> int:
         self.prepare()
         return self.fields.cond_channels
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(H, W) of the fine grid (before any padding of the datasets)."""
+        self.prepare()
+        return self.fields.shape
+
+    def crop_to_grid(self, array: Any) -> Any:
+        """Crop the last two dims of a model output (e.g. draws (..., H', W') of a padded
+        whole-domain dataset) back to the fine grid: ``array[..., :H, :W]`` (padding is at the
+        bottom/right). Works on numpy arrays and torch tensors; a no-op at the grid's size."""
+        H, W = self.grid_shape
+        h, w = array.shape[-2:]
+        require(
+            h >= H and w >= W,
+            f"model output is {h} x {w} but the fine grid is {H} x {W}; sample with a whole-domain "
+            "eval_dataset (downscale.data.datasets.UpsampleDataset)",
+        )
+        return array[..., :H, :W]
 
     def scaler_states(self) -> dict[str, dict[str, Any]]:
         return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
@@ -193,10 +260,17 @@ class DownscaleDataModule(L.LightningDataModule):
 
     # --- datasets and loaders ------------------------------------------------------------------
     def dataset(
-        self, split: str, *, train: bool = False, times: np.ndarray | None = None
+        self,
+        split: str,
+        *,
+        train: bool = False,
+        times: np.ndarray | None = None,
+        factory: DatasetFactory | None = None,
     ) -> Dataset:
+        """The dataset of ``split`` (or of ``times``): the training factory when ``train``, else
+        ``factory`` or the eval factory (whole domain when none is configured)."""
         self.prepare()
-        factory = self.train_factory if train else self.eval_factory
+        factory = factory or (self.train_factory if train else self.eval_factory)
         factory = factory or UpsampleDataset
         idx = self.split_indices[split] if times is None else np.asarray(times)
         return factory(self.fields, idx)
@@ -215,7 +289,28 @@ class DownscaleDataModule(L.LightningDataModule):
         return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"), self.eval_batch_size, shuffle=False)
+        dataset = self.dataset("val", factory=self.val_factory)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+
+
+def _require_finite(values: np.ndarray, name: str, ds: xr.Dataset) -> None:
+    """Coarse predictors must be finite: NaNs would silently poison the conditioning."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argwhere(bad)[0][0])
+        raise UserError(
+            f"NaNs in predictor '{name}' ({int(bad.sum())} values, first at time "
+            f"{ds['time'].values[first]}); fill them when building the store (the recipe's fillna)"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers to plain lists/dicts (regions come from configs)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

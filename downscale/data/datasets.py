@@ -3,6 +3,12 @@
 Each item is a dict: ``target`` (C_out, H, W) and ``cond`` (C_in, H, W) scaled, ``mask`` (1, H, W),
 ``time`` (index into the store's time axis) and ``anchor`` (row, col of the top-left corner).
 Coarse predictors are brought to the fine grid by nearest neighbour, as in the reference system.
+
+``pad_to_multiple`` (whole-domain and fixed-region datasets) pads a window at its bottom/right edge up
+to a multiple of ``m`` (a UNet with L levels needs sizes divisible by 2**(L-1)): padded pixels have
+target 0 and mask 0 (so they never enter the loss or the metrics), the conditioning is extended with
+its edge values, and the location channels continue their linear ramps. Crop model outputs back with
+:meth:`downscale.data.datamodule.DownscaleDataModule.crop_to_grid` (``array[..., :H, :W]``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ class Fields:
     coarse_names: list[str]
     day_of_year: np.ndarray | None = None
     location: bool = False
+    lat: np.ndarray | None = None
+    lon: np.ndarray | None = None
+    regions: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -46,15 +55,44 @@ class Fields:
         return len(self.coarse) + len(self.statics) + extra
 
 
-def read_window(fields: Fields, t: int, row: int, col: int, size: tuple[int, int]) -> dict:
-    """Scaled target/cond/mask for time index ``t`` and the window at (row, col) of ``size``."""
+def padded_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
+    """``size`` rounded up to multiples of ``multiple``."""
+    require(int(multiple) >= 1, f"pad_to_multiple must be a positive integer, got {multiple}")
+    m = int(multiple)
+    return (-(-size[0] // m) * m, -(-size[1] // m) * m)
+
+
+def _pad(a: np.ndarray, pad_h: int, pad_w: int, mode: str) -> np.ndarray:
+    if not pad_h and not pad_w:
+        return a
+    if mode == "edge":
+        return np.pad(a, ((0, pad_h), (0, pad_w)), mode="edge")
+    return np.pad(a, ((0, pad_h), (0, pad_w)))
+
+
+def read_window(
+    fields: Fields,
+    t: int,
+    row: int,
+    col: int,
+    size: tuple[int, int],
+    padded: tuple[int, int] | None = None,
+) -> dict:
+    """Scaled target/cond/mask for time index ``t`` and the window at (row, col) of ``size``.
+
+    With ``padded`` = (H, W) >= ``size`` the window is padded at its bottom/right edge to (H, W):
+    target and mask with zeros, conditioning with its edge values (see the module docstring).
+    """
     h, w = size
+    H, W = padded or size
+    pad_h, pad_w = H - h, W - w
     rows, cols = slice(row, row + h), slice(col, col + w)
     mask = fields.mask[rows, cols]
     targets = []
     for arr, scaler in zip(fields.targets, fields.target_scalers, strict=True):
         values = scaler.forward(np.asarray(arr[t, rows, cols], dtype=np.float32))
-        targets.append(np.where(mask & np.isfinite(values), values, 0.0))
+        values = np.where(mask & np.isfinite(values), values, 0.0)
+        targets.append(_pad(values, pad_h, pad_w, "zero"))
     r_idx, c_idx = fields.row_index[rows], fields.col_index[cols]
     r0, r1 = int(r_idx.min()), int(r_idx.max()) + 1
     c0, c1 = int(c_idx.min()), int(c_idx.max()) + 1
@@ -67,57 +105,113 @@ def read_window(fields: Fields, t: int, row: int, col: int, size: tuple[int, int
             raise UserError(
                 f"NaNs in predictor '{name}' at time index {t}; fill or drop them when building the store"
             )
-        cond.append(scaler.forward(block)[np.ix_(r_idx - r0, c_idx - c0)])
-    cond.extend(s[rows, cols] for s in fields.statics)
+        cond.append(
+            _pad(scaler.forward(block)[np.ix_(r_idx - r0, c_idx - c0)], pad_h, pad_w, "edge")
+        )
+    cond.extend(_pad(s[rows, cols], pad_h, pad_w, "edge") for s in fields.statics)
     if fields.day_of_year is not None:
         angle = 2 * np.pi * fields.day_of_year[t] / 365.25
-        cond.extend([np.full((h, w), np.sin(angle)), np.full((h, w), np.cos(angle))])
+        cond.extend([np.full((H, W), np.sin(angle)), np.full((H, W), np.cos(angle))])
     if fields.location:
+        # the patch anchor as a conditioning input: each pixel's position in the whole domain,
+        # scaled to [-1, 1] over the domain (padded pixels continue the ramp beyond 1)
         ny, nx = fields.shape
-        yy = (np.arange(row, row + h) / max(ny - 1, 1)) * 2 - 1
-        xx = (np.arange(col, col + w) / max(nx - 1, 1)) * 2 - 1
-        cond.extend([np.repeat(yy[:, None], w, 1), np.repeat(xx[None, :], h, 0)])
+        yy = (np.arange(row, row + H) / max(ny - 1, 1)) * 2 - 1
+        xx = (np.arange(col, col + W) / max(nx - 1, 1)) * 2 - 1
+        cond.extend([np.repeat(yy[:, None], W, 1), np.repeat(xx[None, :], H, 0)])
     return {
         "target": torch.from_numpy(np.stack(targets).astype(np.float32)),
         "cond": torch.from_numpy(np.stack(cond).astype(np.float32)),
-        "mask": torch.from_numpy(mask[None].astype(np.float32)),
+        "mask": torch.from_numpy(_pad(mask, pad_h, pad_w, "zero")[None].astype(np.float32)),
         "time": torch.tensor(t, dtype=torch.int64),
         "anchor": torch.tensor([row, col], dtype=torch.int64),
     }
 
 
-class UpsampleDataset(Dataset):
-    """The whole domain for every time index."""
+def box_to_region(fields: Fields, box: dict) -> list[int]:
+    """``[row, col, height, width]`` of the fine cells whose centres lie in ``box``
+    ``{lat: [south, north], lon: [west, east]}`` (degrees, as the store's coordinates)."""
+    require(
+        fields.lat is not None and fields.lon is not None,
+        "a region given as a box needs the store's lat/lon coordinates; give region=[row, col, h, w]",
+    )
+    require(
+        set(box) == {"lat", "lon"},
+        f"a region box must be {{lat: [south, north], lon: [west, east]}}, got {dict(box)}",
+    )
+    picks = []
+    for name, coord in (("lat", fields.lat), ("lon", fields.lon)):
+        lo, hi = (float(v) for v in box[name])
+        half = float(np.abs(np.diff(coord)).max()) / 2 if len(coord) > 1 else 0.0
+        first, last = float(coord.min()), float(coord.max())
+        require(
+            lo < hi and lo >= first - half and hi <= last + half,
+            f"region box {name} [{lo}, {hi}] is outside the data ({first - half:g} .. "
+            f"{last + half:g}) or empty; choose a box inside the domain",
+        )
+        idx = np.flatnonzero((coord >= lo) & (coord <= hi))
+        require(idx.size > 0, f"region box {name} [{lo}, {hi}] contains no cell centre; widen it")
+        picks.append(idx)
+    rows, cols = picks
+    return [int(rows[0]), int(cols[0]), len(rows), len(cols)]
 
-    def __init__(self, fields: Fields, times: np.ndarray) -> None:
+
+class UpsampleDataset(Dataset):
+    """The whole domain for every time index, optionally padded to a multiple of ``pad_to_multiple``."""
+
+    def __init__(self, fields: Fields, times: np.ndarray, pad_to_multiple: int = 1) -> None:
         self.fields, self.times = fields, np.asarray(times)
+        self.padded = padded_size(fields.shape, pad_to_multiple)
 
     def __len__(self) -> int:
         return len(self.times)
 
     def __getitem__(self, i: int) -> dict:
-        return read_window(self.fields, int(self.times[i]), 0, 0, self.fields.shape)
+        t = int(self.times[i])
+        return read_window(self.fields, t, 0, 0, self.fields.shape, self.padded)
 
 
 class FixedRegionDataset(Dataset):
-    """A fixed window ``[row, col, height, width]`` of the fine grid for every time index."""
+    """A fixed window of the fine grid for every time index.
 
-    def __init__(self, fields: Fields, times: np.ndarray, region: list[int]) -> None:
+    ``region`` is ``[row, col, height, width]``, a box ``{lat: [s, n], lon: [w, e]}`` (cells whose
+    centres fall inside), or the name of one of the data config's ``regions`` (either form).
+    """
+
+    def __init__(
+        self,
+        fields: Fields,
+        times: np.ndarray,
+        region: list[int] | dict | str,
+        pad_to_multiple: int = 1,
+    ) -> None:
+        if isinstance(region, str):
+            named = fields.regions or {}
+            require(
+                region in named,
+                f"unknown region '{region}'; name one of the data config's regions {sorted(named)}"
+                " or give [row, col, height, width]",
+            )
+            region = named[region]
+        if hasattr(region, "keys"):
+            region = box_to_region(fields, dict(region))
+        region = list(region)
         require(len(region) == 4, f"region must be [row, col, height, width], got {region}")
         row, col, h, w = (int(v) for v in region)
         ny, nx = fields.shape
         require(
-            row >= 0 and col >= 0 and row + h <= ny and col + w <= nx,
+            h > 0 and w > 0 and row >= 0 and col >= 0 and row + h <= ny and col + w <= nx,
             f"region {region} lies outside the {ny} x {nx} domain; choose a window inside it",
         )
         self.fields, self.times, self.region = fields, np.asarray(times), (row, col, h, w)
+        self.padded = padded_size((h, w), pad_to_multiple)
 
     def __len__(self) -> int:
         return len(self.times)
 
     def __getitem__(self, i: int) -> dict:
         row, col, h, w = self.region
-        return read_window(self.fields, int(self.times[i]), row, col, (h, w))
+        return read_window(self.fields, int(self.times[i]), row, col, (h, w), self.padded)
 
 
 class RandomPatchDataset(Dataset):

@@ -15,13 +15,21 @@ STATIC_PREFIX = "static_"
 MASK = "valid_mask"
 
 
-def open_store(path: str | Path) -> xr.Dataset:
-    """Open a zarr (or netCDF) dataset store lazily, with a clear error when it is missing or broken."""
+def open_store(path: str | Path, recipe: str | None = None) -> xr.Dataset:
+    """Open a zarr (or netCDF) dataset store lazily, with a clear error when it is missing or broken.
+
+    ``recipe`` (the build recipe that makes this store, ``conf/build/<recipe>.yaml``) is named in the
+    error so that the user can run the build.
+    """
     path = Path(path)
     if not path.exists():
+        how = (
+            f"'python -m downscale.build build={recipe} out={path}'"
+            if recipe
+            else "'python -m downscale.build build=<recipe>'"
+        )
         raise UserError(
-            f"dataset store not found: {path}; build it first with "
-            "'python -m downscale.build build=<recipe>' or set data.store=<path>"
+            f"dataset store not found: {path}; build it first with {how} or set data.store=<path>"
         )
     try:
         if path.suffix == ".nc":
@@ -57,7 +65,9 @@ def nearest_index(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
 def time_split(times: pd.DatetimeIndex, bounds: list) -> np.ndarray:
     """Indices of ``times`` inside ``bounds``: [start, end] as fractions in [0, 1] or as dates.
 
-    Fractions follow the reference ([0, 0.9] is the first 90 %); dates are inclusive.
+    Fractions follow the reference ([0, 0.9] is the first 90 %); dates are inclusive: an end given
+    as a day ("1997-11-30") includes that whole day, an end with a time of day
+    ("2019-06-10T00:54") includes exactly that instant.
     """
     require(len(bounds) == 2, f"a split must be [start, end], got {bounds}")
     start, end = bounds
@@ -68,6 +78,18 @@ def time_split(times: pd.DatetimeIndex, bounds: list) -> np.ndarray:
             f"fractional split {bounds} must satisfy 0 <= start < end <= 1",
         )
         return np.arange(int(round(start * n)), int(round(end * n)))
-    lo, hi = pd.Timestamp(str(start)), pd.Timestamp(str(end))
+    try:
+        lo, hi = pd.Timestamp(str(start)), pd.Timestamp(str(end))
+    except ValueError as exc:
+        raise UserError(
+            f"split {bounds}: not dates or fractions ({exc}); use [start, end] as 'YYYY-MM-DD' or 0..1"
+        ) from exc
     require(lo <= hi, f"split {bounds}: start is after end")
-    return np.flatnonzero((times >= lo) & (times <= hi + pd.Timedelta(hours=23, minutes=59)))
+    if _is_day(str(end)):
+        hi = hi + pd.Timedelta(days=1) - pd.Timedelta(nanoseconds=1)
+    return np.flatnonzero((times >= lo) & (times <= hi))
+
+
+def _is_day(text: str) -> bool:
+    """True for a date without a time of day (``1997-11-30``), false for ``1997-11-30T06:00``."""
+    return not any(c in text for c in "T :")

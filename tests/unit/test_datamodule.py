@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from downscale.data.datamodule import DownscaleDataModule
-from downscale.data.datasets import FixedRegionDataset, RandomPatchDataset
+from downscale.data.datasets import (
+    FixedRegionDataset,
+    RandomPatchDataset,
+    UpsampleDataset,
+    box_to_region,
+)
 from downscale.data.scaling import LogScaler, ZScaler
 from downscale.data.store import nearest_index, time_split
 from downscale.data.synthetic import synthetic_store
@@ -126,3 +131,126 @@ def test_patch_larger_than_domain_is_a_user_error(tmp_path):
     dm = make_dm(tmp_path, train_dataset=functools.partial(RandomPatchDataset, patch_size=64))
     with pytest.raises(UserError, match="larger than"):
         dm.dataset("train", train=True)
+
+
+# --- padding, regions, validation factory, guards -------------------------------------------------
+def test_padding_masks_the_pad_and_extends_the_conditioning(tmp_path):
+    plain = make_dm(tmp_path, location=True)
+    padded = make_dm(
+        tmp_path,
+        eval_dataset=functools.partial(
+            FixedRegionDataset, region=[8, 4, 13, 21], pad_to_multiple=8
+        ),
+        location=True,
+    )
+    item = padded.dataset("test")[2]
+    assert item["target"].shape == (1, 16, 24) and item["cond"].shape == (5, 16, 24)
+    ref = FixedRegionDataset(plain.fields, plain.split_indices["test"], [8, 4, 13, 21])[2]
+    # inside the window: the unpadded item, bit for bit
+    for key in ("target", "cond", "mask"):
+        assert torch.equal(item[key][:, :13, :21], ref[key])
+    # the pad: no target, no mask; predictors and statics repeat the edge row/column
+    assert item["mask"][:, 13:].sum() == 0 and item["mask"][:, :, 21:].sum() == 0
+    assert (item["target"][:, 13:] == 0).all() and (item["target"][:, :, 21:] == 0).all()
+    assert torch.equal(item["cond"][:3, 13:, :21], ref["cond"][:3, 12:13].expand(3, 3, 21))
+    assert torch.equal(item["cond"][:3, :13, 21:], ref["cond"][:3, :, 20:21].expand(3, 13, 3))
+    # location ramps continue: row coordinate of row 8 + 15 in a 32-row domain
+    assert item["cond"][3, 15, 0].item() == pytest.approx((8 + 15) / 31 * 2 - 1)
+
+
+def test_whole_domain_padding_and_crop_to_grid(tmp_path):
+    dm = make_dm(tmp_path, eval_dataset=functools.partial(UpsampleDataset, pad_to_multiple=12))
+    item = dm.dataset("test")[0]
+    assert item["target"].shape == (1, 36, 36) and dm.grid_shape == (32, 32)
+    draws = np.arange(2 * 36 * 36, dtype=np.float32).reshape(2, 1, 36, 36)
+    cropped = dm.crop_to_grid(draws)
+    assert cropped.shape == (2, 1, 32, 32) and np.array_equal(cropped, draws[..., :32, :32])
+    assert dm.crop_to_grid(torch.zeros(3, 32, 32)).shape == (3, 32, 32)
+    with pytest.raises(UserError, match="whole-domain"):
+        dm.crop_to_grid(np.zeros((1, 16, 32)))
+
+
+def test_region_as_box_or_name(tmp_path):
+    dm = make_dm(tmp_path, regions={"north": [16, 0, 16, 32]})
+    lat, lon = dm.fields.lat, dm.fields.lon
+    box = {"lat": [float(lat[4]), float(lat[11])], "lon": [float(lon[2]), float(lon[9])]}
+    assert box_to_region(dm.fields, box) == [4, 2, 8, 8]
+    item = FixedRegionDataset(dm.fields, dm.split_indices["test"], box)[0]
+    ref = FixedRegionDataset(dm.fields, dm.split_indices["test"], [4, 2, 8, 8])[0]
+    assert torch.equal(item["target"], ref["target"]) and item["anchor"].tolist() == [4, 2]
+    named = FixedRegionDataset(dm.fields, dm.split_indices["test"], "north")[0]
+    assert named["target"].shape == (1, 16, 32) and named["anchor"].tolist() == [16, 0]
+    with pytest.raises(UserError, match="unknown region 'south'"):
+        FixedRegionDataset(dm.fields, dm.split_indices["test"], "south")
+    outside = {"lat": [float(lat[0]), float(lat[-1]) + 10], "lon": [float(lon[0]), float(lon[3])]}
+    with pytest.raises(UserError, match="outside the data"):
+        FixedRegionDataset(dm.fields, dm.split_indices["test"], outside)
+
+
+def test_validation_uses_its_own_factory(tmp_path):
+    dm = make_dm(
+        tmp_path,
+        val_dataset=functools.partial(FixedRegionDataset, region=[0, 0, 8, 16]),
+        eval_batch_size=2,
+    )
+    assert next(iter(dm.val_dataloader()))["target"].shape == (2, 1, 8, 16)
+    assert next(iter(dm.test_dataloader()))["target"].shape == (2, 1, 32, 32)
+    assert dm.dataset("val")[0]["target"].shape == (1, 32, 32)  # sampling a split: eval factory
+
+
+def test_missing_store_names_the_recipe(tmp_path):
+    with pytest.raises(UserError, match=r"build=radar_mrms out=/nope/radar\.zarr'"):
+        make_dm(tmp_path, store="/nope/radar.zarr", recipe="radar_mrms")
+
+
+def test_fit_scalers_false_needs_checkpoint_scalers(tmp_path):
+    states = make_dm(tmp_path).scaler_states()
+    with pytest.raises(UserError, match="takes its scalers from a checkpoint"):
+        make_dm(tmp_path, fit_scalers=False)
+    args = dict(
+        store=synthetic_store(tmp_path, n_days=40, size=32, factor=4, seed=0),
+        targets=["precip"],
+        coarse=["precip", "humidity"],
+        statics=["terrain"],
+        variables={k: v() for k, v in SCALERS.items()},
+        splits={"test": [0.5, 1.0]},
+        fit_scalers=False,
+    )
+    dm = DownscaleDataModule(**args)
+    dm.load_scaler_states(states)
+    dm.prepare()
+    assert dm.scalers["coarse_humidity"].mean == states["coarse_humidity"]["mean"]
+
+
+def test_nan_in_a_predictor_is_one_clear_error(tmp_path):
+    import xarray as xr
+
+    src = synthetic_store(tmp_path, n_days=40, size=32, factor=4, seed=0)
+    ds = xr.open_zarr(src, consolidated=False).load()
+    ds["coarse_humidity"][5, 1, 1] = np.nan
+    bad = tmp_path / "bad.zarr"
+    ds.to_zarr(bad, consolidated=False, zarr_format=3)
+    with pytest.raises(UserError, match=r"NaNs in predictor 'coarse_humidity' \(1 values"):
+        make_dm(tmp_path, store=bad)
+
+
+def test_small_arrays_load_first_the_rest_stays_lazy(tmp_path):
+    dm = make_dm(tmp_path, in_memory_limit_gb=1e-4)  # ~105 kB: the coarse arrays, not the target
+    assert all(isinstance(a, np.ndarray) for a in dm.fields.coarse)
+    assert not isinstance(dm.fields.targets[0], np.ndarray)
+    lazy = dm.dataset("test")[1]
+    eager = make_dm(tmp_path).dataset("test")[1]
+    assert torch.equal(lazy["target"], eager["target"]) and torch.equal(lazy["cond"], eager["cond"])
+
+
+def test_split_ends_with_a_time_of_day_are_exact():
+    import pandas as pd
+
+    times = pd.date_range("2019-06-10T00:00", periods=36, freq="2min")
+    assert len(time_split(times, ["2019-06-10T00:00", "2019-06-10T00:54"])) == 28
+    assert time_split(times, ["2019-06-10T00:56", "2019-06-10T01:10"]).tolist() == list(
+        range(28, 36)
+    )
+    assert len(time_split(times, ["2019-06-10", "2019-06-10"])) == 36  # a day end: the whole day
+    with pytest.raises(UserError, match="not dates or fractions"):
+        time_split(times, ["noon", "2019-06-10"])

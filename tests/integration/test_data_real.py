@@ -1,0 +1,121 @@
+"""The real-data DataModule: build the iberia stores from the shared data, compose data=iberia with
+Hydra and check batches, masks, padding, date splits, scalers fitted on the training days only, and
+the GCM store sampled with the iberia scalers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from downscale.build import run as build_run
+from downscale.utils.errors import UserError
+from tests.conftest import CONF, compose_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.data]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.conftest import shared_data_root
+
+    root = shared_data_root()
+    if root is None or not (root / "iberia").is_dir():
+        pytest.skip("shared data (iberia) not found; set DOWNSCALE_DATA_ROOT to run")
+    out = tmp_path_factory.mktemp("stores")
+    for recipe in ("iberia", "iberia_gcm"):
+        with initialize_config_dir(str(CONF), version_base=None):
+            cfg = compose(
+                "build",
+                overrides=[
+                    f"build={recipe}",
+                    f"paths.data_root={root}",
+                    f"out={out}/{recipe}.zarr",
+                ],
+            )
+        build_run(cfg)
+    return str(out)
+
+
+def _datamodule(data_dir: str, option: str = "iberia"):
+    cfg = compose_config("train", [f"data={option}", f"paths.data_dir={data_dir}"])
+    return instantiate(cfg.data)
+
+
+def test_iberia_batches_are_padded_and_masked(data_dir):
+    dm = _datamodule(data_dir)
+    dm.prepare()
+    assert dm.grid_shape == (19, 29) and dm.cond_channels == 5
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["target"].shape == (32, 1, 24, 32)
+    assert batch["cond"].shape == (32, 5, 24, 32)
+    store = xr.open_zarr(dm.store, consolidated=False)
+    valid = store.valid_mask.values.astype(bool)
+    mask = batch["mask"][0, 0].numpy()
+    np.testing.assert_array_equal(mask[:19, :29], valid)
+    assert mask[19:].sum() == 0 and mask[:, 29:].sum() == 0
+    # E-OBS: sea (and cells missing on some day) are NaN in the store and masked out
+    np.testing.assert_array_equal(~valid, np.isnan(store.precip.values).any(axis=0))
+    assert 0.5 < valid.mean() < 0.7
+    # the target is log10(1 + x) / 2 of the store's values on valid cells, 0 elsewhere
+    t = int(batch["time"][0])
+    expected = np.log10(1 + np.nan_to_num(store.precip.isel(time=t).values)) / 2
+    np.testing.assert_allclose(batch["target"][0, 0, :19, :29].numpy(), expected * valid, atol=1e-6)
+    assert torch.isfinite(batch["cond"]).all()
+    # crop_to_grid undoes the padding
+    assert dm.crop_to_grid(batch["target"]).shape == (32, 1, 19, 29)
+
+
+def test_iberia_splits_by_date(data_dir):
+    dm = _datamodule(data_dir)
+    dm.prepare()
+    times = pd.DatetimeIndex(dm.ds.time.values)
+    train, val, test = (times[dm.split_indices[k]] for k in ("train", "val", "test"))
+    assert train.max() < pd.Timestamp("1996-12-01") <= val.min()
+    assert val.max() <= pd.Timestamp("1997-02-28") and test.min() == pd.Timestamp("1997-12-01")
+    assert test.max() == pd.Timestamp("2002-02-28")
+    # 5 test winters of 90 days (29 Feb 2000 dropped); 1 validation winter; 14 training winters
+    assert len(test) == 5 * 90 and len(val) == 90 and len(train) == 14 * 90
+    assert not (
+        (times[np.concatenate(list(dm.split_indices.values()))].month == 2)
+        & (times[np.concatenate(list(dm.split_indices.values()))].day == 29)
+    ).any()
+
+
+def test_iberia_scalers_fitted_on_training_days_only(data_dir):
+    dm = _datamodule(data_dir)
+    dm.prepare()
+    store = xr.open_zarr(dm.store, consolidated=False)
+    days = store.time.to_index()
+    keep = (days < "1996-12-01") & ~((days.month == 2) & (days.day == 29))
+    psl = store.coarse_psl.values[keep]
+    assert dm.scalers["coarse_psl"].mean == pytest.approx(psl.mean(), rel=1e-6)
+    assert dm.scalers["coarse_psl"].std == pytest.approx(psl.std(), rel=1e-4)
+    assert dm.scalers["coarse_psl"].mean != pytest.approx(store.coarse_psl.values.mean(), rel=1e-7)
+
+
+def test_gcm_store_uses_the_iberia_scalers(data_dir):
+    gcm = _datamodule(data_dir, "iberia_gcm")
+    with pytest.raises(UserError, match="takes its scalers from a checkpoint"):
+        gcm.prepare()
+    reanalysis = _datamodule(data_dir)
+    reanalysis.prepare()
+    gcm.load_scaler_states(reanalysis.scaler_states())
+    gcm.prepare()
+    assert gcm.scalers["coarse_ta850"].mean == reanalysis.scalers["coarse_ta850"].mean
+    item = gcm.dataset("test")[0]
+    assert item["cond"].shape == (5, 24, 32)
+    # the GCM's predictors differ from the reanalysis on the same day
+    assert not torch.allclose(item["cond"], reanalysis.dataset("test")[0]["cond"])
+
+
+def test_missing_store_names_the_recipe(tmp_path):
+    dm = _datamodule(str(tmp_path))
+    with pytest.raises(
+        UserError, match="build it first with 'python -m downscale.build build=iberia"
+    ):
+        dm.prepare()
