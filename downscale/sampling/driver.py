@@ -242,6 +242,7 @@ def write_samples(
 
 def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: int) -> None:
     """Inverse-scale draws (T, M, C, H, W) to physical units, mask invalid pixels, write the region."""
+    draws = datamodule.crop_to_grid(draws)  # drop any padding added to fit the network
     mask = datamodule.fields.mask
     variables = {}
     ydim, xdim = datamodule.ds[datamodule.targets[0]].dims[-2:]
