@@ -200,7 +200,7 @@ class ResidualModel(DownscaleModule):
         self.log("val/regression_loss", reg_loss, batch_size=n, sync_dist=True)
         if self.in_regression_stage():
             # val/loss ranks checkpoints; a regression-stage model must never be the best one
-            self.log("val/loss", float("inf"), batch_size=n, sync_dist=True)
+            self.log("val/loss", float("inf"), prog_bar=True, batch_size=n, sync_dist=True)
             return
         generator = torch.Generator(device=target.device).manual_seed(self.val_seed + batch_idx)
         out = self.loss_fn(
