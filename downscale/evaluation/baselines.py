@@ -214,8 +214,13 @@ def rainfarm(
 # ---- adapters over a dataset store (listed in conf/evaluation/default.yaml: baselines) ----
 
 
-def _coarse(store: xr.Dataset, variable: str, times: Sequence) -> xr.DataArray:
-    name = f"coarse_{variable}"
+def _coarse(
+    store: xr.Dataset, variable: str, times: Sequence, coarse: str | None = None
+) -> xr.DataArray:
+    """``coarse_<coarse>`` (default ``coarse_<variable>``) over ``times``: the coarse predictand, or
+    a coarse predictor in the same units when the store names it differently (Iberia: NCEP ``pr``
+    for the E-OBS ``precip``)."""
+    name = f"coarse_{coarse or variable}"
     if name not in store.data_vars:
         raise UserError(
             f"the dataset store has no '{name}' for the {variable} baselines; "
@@ -225,18 +230,30 @@ def _coarse(store: xr.Dataset, variable: str, times: Sequence) -> xr.DataArray:
 
 
 def interpolation_baseline(
-    store: xr.Dataset, test_times, train_times=None, *, variable: str = "precip", method="linear"
+    store: xr.Dataset,
+    test_times,
+    train_times=None,
+    *,
+    variable: str = "precip",
+    method="linear",
+    coarse: str | None = None,
 ) -> xr.DataArray:
-    """Interpolated coarse predictand over the test times (bilinear or bicubic)."""
-    coarse = _coarse(store, variable, test_times)
+    """Interpolated coarse predictand (or ``coarse_<coarse>``) over the test times (bilinear or
+    bicubic)."""
+    coarse = _coarse(store, variable, test_times, coarse)
     return interpolate(coarse.assign_attrs(units=store[variable].attrs.get("units")), store, method)
 
 
 def nearest_baseline(
-    store: xr.Dataset, test_times, train_times=None, *, variable: str = "precip"
+    store: xr.Dataset,
+    test_times,
+    train_times=None,
+    *,
+    variable: str = "precip",
+    coarse: str | None = None,
 ) -> xr.DataArray:
-    """Nearest (block) upsampled coarse predictand over the test times."""
-    coarse = _coarse(store, variable, test_times)
+    """Nearest (block) upsampled coarse predictand (or ``coarse_<coarse>``) over the test times."""
+    coarse = _coarse(store, variable, test_times, coarse)
     return nearest_upsample(coarse.assign_attrs(units=store[variable].attrs.get("units")), store)
 
 
@@ -269,9 +286,10 @@ def rainfarm_baseline(
     n_members: int = 16,
     seed: int = 0,
     slope: float | None = None,
+    coarse: str | None = None,
 ) -> xr.DataArray:
-    """RainFARM on the coarse predictand over the test times."""
-    coarse = _coarse(store, variable, test_times).load()
+    """RainFARM on the coarse predictand (or ``coarse_<coarse>``) over the test times."""
+    coarse = _coarse(store, variable, test_times, coarse).load()
     coarse = coarse.assign_attrs(units=store[variable].attrs.get("units"))
     return rainfarm(coarse, store, n_members=n_members, seed=seed, slope=slope)
 

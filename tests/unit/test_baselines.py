@@ -108,3 +108,21 @@ def test_compute_baselines_from_the_default_config():
     for name, da in out.items():
         assert da.dims == ("member", "time", "lat", "lon"), name
         assert da.sizes["time"] == 4 and np.isfinite(da.values).all(), name
+
+
+def test_adapters_take_a_differently_named_coarse_field():
+    """coarse=<name> uses coarse_<name> (Iberia: NCEP pr for the E-OBS precip predictand)."""
+    store = make_store(days=6).rename({"coarse_precip": "coarse_pr"})
+    times = store.time.values[3:]
+    with pytest.raises(baselines.UserError, match="coarse_precip"):
+        baselines.nearest_baseline(store, times)
+    near = baselines.nearest_baseline(store, times, coarse="pr")
+    expected = np.repeat(np.repeat(store.coarse_pr.values[3:], 4, axis=1), 4, axis=2)
+    np.testing.assert_allclose(near.values[0], expected)
+    lin = baselines.interpolation_baseline(store, times, method="linear", coarse="pr")
+    farm = baselines.rainfarm_baseline(store, times, n_members=2, coarse="pr")
+    assert lin.sizes["time"] == farm.sizes["time"] == 3
+    block = farm.values.reshape(2, 3, 8, 4, 8, 4).mean((3, 5))
+    np.testing.assert_allclose(
+        block, np.broadcast_to(store.coarse_pr.values[3:], block.shape), rtol=1e-4
+    )

@@ -1,0 +1,543 @@
+"""Skill on real data (``make bench-skill`` / ``python -m bench.skill.run``).
+
+Builds the stores from ``paths.data_root`` (reusing existing ones), trains every model of a suite
+with its ``experiment=<name>`` config, samples the test split, scores models and baselines with one
+scorecard (``conf/evaluation/skill.yaml``) on the same test days and valid cells, and writes
+``docs/results.md`` and ``bench/results/skill.json``. Outputs go below ``outputs/skill/``.
+
+Stages (``--stage``): build, train, sample, evaluate, gcm, report (default: all, in this order);
+``--suite iberia`` or ``--suite radar`` runs one suite; ``--only edm`` one method. Finished
+steps are reused (checkpoints, samples stores, timing files); ``--force`` redoes the chosen ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+REPO = Path(__file__).resolve().parents[2]
+CONF = REPO / "conf"
+OUT = REPO / "outputs" / "skill"
+RESULTS_JSON = REPO / "bench" / "results" / "skill.json"
+RESULTS_MD = REPO / "docs" / "results.md"
+STAGES = ("build", "train", "sample", "evaluate", "gcm", "report")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """One way of drawing a model's ensemble (a row of the table)."""
+
+    name: str
+    model: str  # key of Suite.models
+    overrides: tuple[str, ...] = ()
+    n_members: int = 8
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One experiment of the issue: a data set, its models, their samplings and the baselines."""
+
+    name: str
+    build: tuple[str, ...]  # build overrides (recipe + domain crop)
+    store: str  # store file name below paths.data_dir
+    models: dict[str, str]  # method -> experiment config
+    samplings: tuple[Sampling, ...]
+    baselines: dict[str, dict[str, Any]]  # name -> _target_ entry (baselines.py adapters)
+    domain: str
+    eval_overrides: tuple[str, ...] = ()
+    # candidate fast samplers (<= 10 NFE), chosen by CRPS on the validation split
+    fast_candidates: tuple[tuple[str, ...], ...] = ()
+    fast_model: str | None = None
+    gcm_build: tuple[str, ...] | None = None
+    gcm_store: str | None = None
+    anchors: dict[str, dict[str, float]] = field(default_factory=dict)
+    train_overrides: tuple[str, ...] = ()  # appended to every model's training config
+    split: str = "test"  # the split sampled and scored (the smoke test uses val)
+
+
+_B = "downscale.evaluation.baselines"
+_FAST = (
+    ("sampler=dpmpp_2m", "sampler.steps=10"),
+    ("sampler=heun", "sampler.steps=5"),
+    ("sampler=dpm2_heun", "sampler.steps=5"),
+    ("sampler=dpmpp_2m_sde", "sampler.steps=10"),
+    ("sampler=euler_ancestral", "sampler.steps=10"),
+)
+
+SUITES: dict[str, Suite] = {
+    "iberia": Suite(
+        name="iberia",
+        build=("build=iberia",),
+        store="iberia.zarr",
+        models={
+            "regression": "iberia_regression",
+            "gan": "iberia_gan",
+            "edm": "iberia_edm",
+        },
+        samplings=(
+            Sampling("regression UNet", "regression", (), 1),
+            Sampling("GAN", "gan", ("sampler=null",), 8),
+            Sampling("EDM dpm2_heun 20 steps", "edm", ("sampler=dpm2_heun", "sampler.steps=20")),
+        ),
+        baselines={
+            "bilinear NCEP pr": {
+                "_target_": f"{_B}.interpolation_baseline",
+                "method": "linear",
+                "coarse": "pr",
+            },
+            "bicubic NCEP pr": {
+                "_target_": f"{_B}.interpolation_baseline",
+                "method": "cubic",
+                "coarse": "pr",
+            },
+            "climatology 16 (same month)": {
+                "_target_": "bench.skill.extra.climatology_baseline",
+                "k": 16,
+                "seed": 0,
+            },
+            "analogs 16 (psl, pr, hus850, ta850)": {
+                "_target_": f"{_B}.analog_baseline",
+                "k": 16,
+                "predictors": ["coarse_psl", "coarse_pr", "coarse_hus850", "coarse_ta850"],
+            },
+            "RainFARM 16 (NCEP pr)": {
+                "_target_": f"{_B}.rainfarm_baseline",
+                "n_members": 16,
+                "seed": 0,
+                "coarse": "pr",
+            },
+        },
+        domain="E-OBS 0.5 deg Iberia, 19 x 29 cells (valid land cells only), test days 1997-12-01.."
+        "2002-02-28 (DJF, 29 Feb dropped)",
+        fast_candidates=_FAST,
+        fast_model="edm",
+        gcm_build=("build=iberia_gcm",),
+        gcm_store="iberia_gcm.zarr",
+        anchors={
+            "bilinear NCEP pr": {"mae": 1.35, "q99": 15.5, "q99_obs": 22.7},
+            "climatology 16 (same month)": {"crps": 1.58},
+            "analogs 16 (psl, pr, hus850, ta850)": {
+                "crps": 0.92,
+                "spread_skill": 1.05,
+                "q99": 20.6,
+            },
+        },
+    ),
+    "radar": Suite(
+        name="radar",
+        build=(
+            "build=radar_mrms",
+            "build.name=radar_mrms_crop",
+            "build.domain.box={lon: [-102.32, -97.20], lat: [29.28, 31.84]}",
+        ),
+        store="radar_mrms_crop.zarr",
+        models={
+            "regression": "radar_regression",
+            "gan": "radar_gan",
+            "edm": "radar_edm",
+        },
+        samplings=(
+            Sampling("regression UNet", "regression", (), 1),
+            Sampling("GAN", "gan", ("sampler=null",), 8),
+            Sampling("EDM dpm2_heun 20 steps", "edm", ("sampler=dpm2_heun", "sampler.steps=20")),
+        ),
+        baselines={
+            "nearest": {"_target_": f"{_B}.nearest_baseline"},
+            "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
+            "analogs 8": {"_target_": f"{_B}.analog_baseline", "k": 8},
+            "RainFARM 8": {"_target_": f"{_B}.rainfarm_baseline", "n_members": 8, "seed": 0},
+        },
+        domain="MRMS 0.01 deg, CPU crop: the rainiest 256 x 512 block of the test frames (lat "
+        "29.28-31.84, lon -102.32 to -97.20; rows 0-255, cols 1152-1663 of the shared 2048 x 4096 "
+        "domain), predictor its x8 conservative coarse-graining (32 x 64); test = last 8 frames "
+        "(00:56-01:10)",
+        eval_overrides=(
+            "evaluation.metrics.fss.thresholds=[1.0]",
+            "evaluation.metrics.fss.scales=[16]",
+        ),
+        fast_candidates=_FAST,
+        fast_model="edm",
+        anchors={
+            # measured on the whole 2048 x 4096 domain (see docs/results.md for the crop's values)
+            "nearest": {"mae": 0.092, "ralsd": 6.9},
+            "bicubic": {"mae": 0.098, "ralsd": 23.0},
+            "RainFARM 8": {"crps": 0.080, "spread_skill": 1.02, "ralsd": 3.8},
+        },
+    ),
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def compose_config(name: str, overrides: Sequence[str]) -> DictConfig:
+    """A primary config from conf/ with overrides, as the command line composes it."""
+    with initialize_config_dir(version_base=None, config_dir=str(CONF), job_name="skill"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def _data_root() -> str:
+    return os.environ.get("DOWNSCALE_DATA_ROOT", str(REPO.parent / "shared" / "data"))
+
+
+def _common() -> list[str]:
+    return [f"paths.data_root={_data_root()}", f"paths.data_dir={OUT / 'stores'}"]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from downscale.utils.atomic import write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _log(msg: str) -> None:
+    print(f"[skill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+COMMANDS: list[str] = []
+
+
+def _record(entry: str, overrides: Sequence[str]) -> None:
+    """Remember the equivalent command line for docs/results.md."""
+    shown = [o for o in overrides if not o.startswith(("paths.data_root=", "paths.data_dir="))]
+    COMMANDS.append(f"python -m downscale.{entry} " + " ".join(shlex.quote(o) for o in shown))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_build(suite: Suite) -> None:
+    from downscale import build
+
+    for overrides in (suite.build, suite.gcm_build):
+        if overrides:
+            _record("build", overrides)
+            path = build.run(compose_config("build", [*overrides, *_common()]))
+            _log(f"store {path}")
+
+
+def _train_dir(suite: Suite, model: str) -> Path:
+    return OUT / suite.name / "train" / model
+
+
+def stage_train(suite: Suite, only: str | None, force: bool) -> None:
+    from downscale import train
+
+    for model, experiment in suite.models.items():
+        if only and only != model:
+            continue
+        run_dir = _train_dir(suite, model)
+        overrides = [f"experiment={experiment}", *suite.train_overrides]
+        _record("train", overrides)
+        # train.run writes summary.json (with the training loop's wall time) when it finishes
+        if (run_dir / "summary.json").is_file() and not force:
+            _log(f"train {model}: reused {run_dir}")
+            continue
+        cfg = compose_config("train", [*overrides, *_common(), f"paths.output_dir={run_dir}"])
+        _log(f"train {model} ({experiment})")
+        result = train.run(cfg)
+        _log(f"train {model}: {result['summary'].get('train_seconds', float('nan')):.0f} s")
+
+
+def _sample(
+    suite: Suite, sampling: Sampling, out: Path, split: str, n_members: int, extra=()
+) -> dict:
+    from downscale import sample
+
+    # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
+    overrides = [
+        f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
+        *sampling.overrides,
+        f"n_members={n_members}",
+        f"split={split}",
+        "evaluate=false",
+        "batch_size=64",
+        *extra,
+    ]
+    _record("sample", overrides)
+    timing = out.parent / "timing.json"
+    if timing.is_file() and out.exists():
+        return _read_json(timing)
+    cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
+    result = sample.run(cfg)
+    n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
+    info = {
+        "seconds": result["seconds"],
+        "nfe": result["nfe"],
+        "n_members": n_members,
+        "n_days": n_days,
+        "seconds_per_member_day": result["seconds"] / (n_members * n_days),
+    }
+    _write_json(timing, info)
+    return info
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _samplings(suite: Suite) -> list[Sampling]:
+    """The suite's samplings plus the fast sampler chosen on the validation split."""
+    chosen = _read_json(OUT / suite.name / "fast_sampler.json")
+    out = list(suite.samplings)
+    if chosen.get("overrides"):
+        label = f"EDM {chosen['label']} ({chosen['nfe']} NFE)"
+        out.append(Sampling(label, suite.fast_model, tuple(chosen["overrides"])))
+    return out
+
+
+def choose_fast_sampler(suite: Suite) -> None:
+    """Pick the sampler with the lowest CRPS on the validation split among <= 10-NFE candidates."""
+    if not suite.fast_model or (OUT / suite.name / "fast_sampler.json").is_file():
+        return
+    from downscale.evaluation.runner import evaluate_paths
+
+    rows = []
+    for cand in suite.fast_candidates:
+        label = " ".join(o.split("=", 1)[1] for o in cand)
+        probe = Sampling(label, suite.fast_model, cand)
+        out = OUT / suite.name / "val_sweep" / _slug(label) / "samples.zarr"
+        info = _sample(suite, probe, out, "val", 4)
+        cfg = compose_config("sample", ["evaluation=quick"]).evaluation
+        cfg = OmegaConf.merge(cfg, {"figures": {}, "wandb": False})
+        store = OUT / "stores" / suite.store
+        metrics = evaluate_paths(out, store, variable=None, cfg=cfg, out_dir=out.parent)
+        rows.append({"label": label, "overrides": list(cand), "nfe": info["nfe"], **metrics})
+        _log(f"val sweep {label}: NFE {info['nfe']} CRPS {metrics['crps']:.4f}")
+    rows = [r for r in rows if r["nfe"] <= 10]
+    best = min(rows, key=lambda r: r["crps"])
+    _write_json(OUT / suite.name / "fast_sampler.json", {**best, "candidates": rows})
+
+
+def stage_sample(suite: Suite, only: str | None) -> None:
+    choose_fast_sampler(suite)
+    for sampling in _samplings(suite):
+        if only and only != sampling.model:
+            continue
+        out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        _log(f"sample {sampling.name}")
+        info = _sample(suite, sampling, out, suite.split, sampling.n_members)
+        _log(f"sample {sampling.name}: {info['seconds']:.0f} s, NFE {info['nfe']}")
+
+
+def _split_times(suite: Suite, store: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Test days of the models' data config; training pool = every day before the test period."""
+    data = compose_config("train", [f"experiment={next(iter(suite.models.values()))}"]).data
+    start, end = data.splits[suite.split]
+    test = store["time"].sel(time=slice(str(start), str(end))).to_index()  # inclusive, as the data
+    if data.get("drop_feb29", False):
+        test = test[~((test.month == 2) & (test.day == 29))]
+    times = store["time"].to_index()
+    return test.values, times[times < test[0]].values
+
+
+def _eval_cfg(suite: Suite) -> DictConfig:
+    return compose_config("evaluate", ["evaluation=skill", *suite.eval_overrides]).evaluation
+
+
+def _headline(flat: dict[str, float], q99_obs: float) -> dict[str, float]:
+    fss = [v for k, v in flat.items() if k.startswith("fss_")]
+    return {
+        "crps": flat["crps"],
+        "mae_ensmean": flat["mae_ensmean"],
+        "ralsd": flat["ralsd"],
+        "fss": fss[0] if fss else float("nan"),
+        "spread_skill": flat["spread_skill"],
+        "rank_flatness": flat["rank_flatness"],
+        "q99": q99_obs + flat["quantile_bias_q99"],
+        "q99_rel_bias": flat["quantile_rel_bias_q99"],
+    }
+
+
+def stage_evaluate(suite: Suite, only: str | None) -> None:
+    from downscale.evaluation.baselines import compute_baselines
+    from downscale.evaluation.runner import evaluate
+
+    store = xr.open_zarr(OUT / "stores" / suite.store, consolidated=False)
+    test_times, train_times = _split_times(suite, store)
+    obs = store["precip"].sel(time=test_times).load()
+    mask = store["valid_mask"].load().astype(bool)
+    q99_obs = float(np.nanquantile(obs.where(mask).values, 0.99))
+    cfg = _eval_cfg(suite)
+    results = _read_json(OUT / suite.name / "scores.json")
+    results.setdefault("methods", {})
+    results["q99_obs"] = q99_obs
+    results["n_test_days"] = int(len(test_times))
+
+    for name, entry in suite.baselines.items():
+        if only and only != name:
+            continue
+        start = time.perf_counter()
+        da = compute_baselines(
+            store, test_times, train_times, {name: {**entry, "_partial_": True}}
+        )[name].load()
+        seconds = time.perf_counter() - start
+        flat = evaluate(
+            da, obs, mask=mask, cfg=cfg, out_dir=OUT / suite.name / "eval" / _slug(name)
+        )
+        results["methods"][name] = {
+            **_headline(flat, q99_obs),
+            "n_members": int(da.sizes["member"]),
+            "train_seconds": None,
+            "sample_seconds_per_member_day": seconds / (da.sizes["member"] * len(test_times)),
+            "kind": "baseline",
+        }
+        _log(f"evaluated {name}: CRPS {flat['crps']:.3f}")
+    for sampling in _samplings(suite):
+        if only and only != sampling.model:
+            continue
+        path = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        if not path.exists():
+            _log(f"no samples for {sampling.name}: skipped")
+            continue
+        da = xr.open_zarr(path, consolidated=False)["precip"].load()
+        flat = evaluate(
+            da, obs, mask=mask, cfg=cfg, out_dir=OUT / suite.name / "eval" / _slug(sampling.name)
+        )
+        timing = _read_json(path.parent / "timing.json")
+        train = _read_json(_train_dir(suite, sampling.model) / "summary.json")
+        results["methods"][sampling.name] = {
+            **_headline(flat, q99_obs),
+            "n_members": int(da.sizes["member"]),
+            "nfe": timing.get("nfe"),
+            "train_seconds": train.get("train_seconds"),
+            "sample_seconds_per_member_day": timing.get("seconds_per_member_day"),
+            "kind": "model",
+        }
+        _log(f"evaluated {sampling.name}: CRPS {flat['crps']:.3f}")
+    _write_json(OUT / suite.name / "scores.json", results)
+
+
+def stage_gcm(suite: Suite) -> None:
+    """Apply the reanalysis-trained EDM to the GCM store; compare distributions with E-OBS."""
+    if not suite.gcm_store:
+        return
+    from bench.skill.extra import distribution_summary
+
+    gcm_store = OUT / "stores" / suite.gcm_store
+    edm = [s for s in _samplings(suite) if s.model == suite.fast_model][-1]
+    out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
+    _log(f"gcm: {edm.name} on {gcm_store}")
+    info = _sample(suite, edm, out, suite.split, edm.n_members, (f"data.store={gcm_store}",))
+    store = xr.open_zarr(OUT / "stores" / suite.store, consolidated=False)
+    test_times, _ = _split_times(suite, store)
+    mask = store["valid_mask"].load().astype(bool)
+    obs = store["precip"].sel(time=test_times).load()
+    gcm_ds = xr.open_zarr(gcm_store, consolidated=False)
+    ncep_path = OUT / suite.name / "samples" / _slug(edm.name) / "samples.zarr"
+    fields = {
+        "E-OBS (observed)": obs,
+        f"{edm.name}, CNRM-CM5 predictors": xr.open_zarr(out, consolidated=False)["precip"],
+        "bicubic CNRM-CM5 pr": _bicubic(gcm_ds, test_times, store),
+    }
+    if ncep_path.exists():
+        fields[f"{edm.name}, NCEP predictors"] = xr.open_zarr(ncep_path, consolidated=False)[
+            "precip"
+        ]
+    fields["bicubic NCEP pr"] = _bicubic(store, test_times, store)
+    summary = {name: distribution_summary(da.load(), mask, obs) for name, da in fields.items()}
+    _write_json(
+        OUT / suite.name / "gcm.json",
+        {"sampling": edm.name, "seconds": info["seconds"], "summary": summary},
+    )
+
+
+def _bicubic(ds: xr.Dataset, times, grid: xr.Dataset) -> xr.DataArray:
+    from downscale.evaluation.baselines import interpolate
+
+    return interpolate(ds["coarse_pr"].sel(time=times).load(), grid, "cubic")
+
+
+# ---------------------------------------------------------------- report
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.check_output(["git", *args], cwd=REPO, text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stage_report(suites: Sequence[Suite]) -> None:
+    from bench.skill.report import write_results
+
+    data = {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU, "
+        f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}",
+        "suites": {},
+    }
+    for suite in SUITES.values():
+        scores = _read_json(OUT / suite.name / "scores.json")
+        if not scores:
+            continue
+        data["suites"][suite.name] = {
+            "domain": suite.domain,
+            "scores": scores,
+            "anchors": suite.anchors,
+            "fast_sampler": _read_json(OUT / suite.name / "fast_sampler.json"),
+            "gcm": _read_json(OUT / suite.name / "gcm.json"),
+            "commands": sorted(set(c for c in COMMANDS if suite.name in c)),
+        }
+    _write_json(RESULTS_JSON, data)
+    write_results(data, RESULTS_MD)
+    _log(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES), default=None)
+    parser.add_argument("--stage", action="append", choices=STAGES, default=None)
+    parser.add_argument("--only", default=None, help="one method (model key or baseline name)")
+    parser.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    sys.path.insert(0, str(REPO))
+    suites = [SUITES[s] for s in (args.suite or list(SUITES))]
+    stages = args.stage or list(STAGES)
+    runners = {
+        "build": lambda suite: stage_build(suite),
+        "train": lambda suite: stage_train(suite, args.only, args.force),
+        "sample": lambda suite: stage_sample(suite, args.only),
+        "evaluate": lambda suite: stage_evaluate(suite, args.only),
+        "gcm": lambda suite: stage_gcm(suite),
+    }
+    for suite in suites:
+        for stage in stages:
+            if stage in runners:
+                runners[stage](suite)
+    if "report" in stages:
+        stage_report(suites)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The skill benchmark's wiring (bench/skill/run.py) on the real Iberia data, a few steps of each stage:
+build, train, fast-sampler sweep, sample, evaluate with baselines, GCM application, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import xarray as xr
+
+from bench.skill import run as skill
+from tests.conftest import shared_data_root
+
+pytestmark = pytest.mark.slow
+
+
+def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
+    root = shared_data_root()
+    if root is None:
+        pytest.skip("../shared/data is absent (set DOWNSCALE_DATA_ROOT to run tests on real data)")
+    monkeypatch.setenv("DOWNSCALE_DATA_ROOT", str(root))
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    monkeypatch.setattr(skill, "RESULTS_JSON", tmp_path / "skill.json")
+    monkeypatch.setattr(skill, "RESULTS_MD", tmp_path / "results.md")
+    euler = ("sampler=euler", "sampler.steps=2")
+    base = skill.SUITES["iberia"]
+    suite = dataclasses.replace(
+        base,
+        models={"edm": "iberia_edm"},
+        samplings=(skill.Sampling("EDM euler 2", "edm", euler, 2),),
+        baselines={
+            k: v for k, v in base.baselines.items() if k.startswith(("bilinear", "analogs"))
+        },
+        fast_candidates=(euler,),
+        train_overrides=("trainer.max_epochs=1", "trainer.limit_train_batches=2"),
+        split="val",  # 90 days instead of 450
+    )
+    monkeypatch.setattr(skill, "SUITES", {"iberia": suite})
+
+    assert skill.main(["--suite", "iberia"]) == 0
+
+    data = json.loads((tmp_path / "skill.json").read_text())
+    scores = data["suites"]["iberia"]["scores"]
+    assert scores["n_test_days"] == 90  # DJF 1996/97
+    methods = scores["methods"]
+    assert set(methods) == {*suite.baselines, "EDM euler 2", "EDM euler 2 (2 NFE)"}
+    # one member: the CRPS is the MAE
+    bilinear = methods["bilinear NCEP pr"]
+    assert bilinear["crps"] == pytest.approx(bilinear["mae_ensmean"], rel=1e-6)
+    edm = methods["EDM euler 2"]
+    assert edm["n_members"] == 2 and edm["nfe"] == 2 and edm["train_seconds"] > 0
+    assert all(math.isfinite(edm[k]) for k in ("crps", "ralsd", "spread_skill", "q99"))
+    samples = xr.open_zarr(
+        tmp_path / "skill" / "iberia" / "samples" / "edm_euler_2" / "samples.zarr",
+        consolidated=False,
+    )["precip"]
+    assert samples.sizes["time"] == 90 and float(samples.min()) >= 0.0
+    gcm = data["suites"]["iberia"]["gcm"]["summary"]
+    assert 0.0 < gcm["E-OBS (observed)"]["wet_day_frequency"] < 1.0
+    assert gcm["E-OBS (observed)"]["spectral_rms_db"] == pytest.approx(0.0, abs=1e-9)
+    text = (tmp_path / "results.md").read_text()
+    assert "| EDM euler 2 |" in text and data["commit"] in text
