@@ -42,7 +42,11 @@ def _table(methods: dict[str, dict[str, Any]]) -> list[str]:
         "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
     ]
     for name, row in methods.items():
-        cells = [_fmt(row.get(key), spec) for key, _, spec in COLUMNS]
+        # a one-member forecast has no spread and its rank histogram only says "above or below"
+        single = {"spread_skill", "rank_flatness"} if row.get("n_members") == 1 else set()
+        cells = [
+            "-" if key in single else _fmt(row.get(key), spec) for key, _, spec in COLUMNS
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -126,7 +130,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         lines += [
             f"## {name}",
             "",
-            f"Domain: {suite['domain']}. {scores.get('n_test_days')} test days; observed q99 "
+            f"Domain: {suite['domain']}. {scores.get('n_test_days')} test times; observed q99 "
             f"{scores.get('q99_obs', float('nan')):.2f}.",
             "",
             *_table(scores["methods"]),

@@ -13,6 +13,7 @@ steps are reused (checkpoints, samples stores, timing files); ``--force`` redoes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -28,7 +29,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,8 +76,7 @@ _FAST = (
     ("sampler=dpmpp_2m", "sampler.steps=10"),
     ("sampler=heun", "sampler.steps=5"),
     ("sampler=dpm2_heun", "sampler.steps=5"),
-    ("sampler=dpmpp_2m_sde", "sampler.steps=10"),
-    ("sampler=euler_ancestral", "sampler.steps=10"),
+    ("sampler=dpm2_heun", "sampler.steps=5", "sampler.s_churn=0"),  # churn ablation
 )
 
 SUITES: dict[str, Suite] = {
@@ -130,7 +129,7 @@ SUITES: dict[str, Suite] = {
         gcm_build=("build=iberia_gcm",),
         gcm_store="iberia_gcm.zarr",
         anchors={
-            "bilinear NCEP pr": {"mae": 1.35, "q99": 15.5, "q99_obs": 22.7},
+            "bilinear NCEP pr": {"mae_ensmean": 1.35, "q99": 15.5, "q99_obs": 22.7},
             "climatology 16 (same month)": {"crps": 1.58},
             "analogs 16 (psl, pr, hus850, ta850)": {
                 "crps": 0.92,
@@ -175,8 +174,8 @@ SUITES: dict[str, Suite] = {
         fast_model="edm",
         anchors={
             # measured on the whole 2048 x 4096 domain (see docs/results.md for the crop's values)
-            "nearest": {"mae": 0.092, "ralsd": 6.9},
-            "bicubic": {"mae": 0.098, "ralsd": 23.0},
+            "nearest": {"mae_ensmean": 0.092, "ralsd": 6.9},
+            "bicubic": {"mae_ensmean": 0.098, "ralsd": 23.0},
             "RainFARM 8": {"crps": 0.080, "spread_skill": 1.02, "ralsd": 3.8},
         },
     ),
@@ -221,13 +220,26 @@ def _log(msg: str) -> None:
     print(f"[skill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-COMMANDS: list[str] = []
+def _command(entry: str, overrides: Sequence[str]) -> str:
+    """The command line equivalent to composing ``overrides`` for ``downscale.<entry>``."""
+    return f"python -m downscale.{entry} " + " ".join(shlex.quote(str(o)) for o in overrides)
 
 
-def _record(entry: str, overrides: Sequence[str]) -> None:
-    """Remember the equivalent command line for docs/results.md."""
-    shown = [o for o in overrides if not o.startswith(("paths.data_root=", "paths.data_dir="))]
-    COMMANDS.append(f"python -m downscale.{entry} " + " ".join(shlex.quote(o) for o in shown))
+def _commands(suite: Suite) -> list[str]:
+    """Every build/train/sample command of a suite, for docs/results.md (paths relative)."""
+    lines = [_command("build", o) for o in (suite.build, suite.gcm_build) if o]
+    lines += [
+        _command("train", [f"experiment={e}", *suite.train_overrides]) for e in suite.models.values()
+    ]
+    for sampling in _samplings(suite):
+        out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
+    if suite.gcm_store:
+        edm = [s for s in _samplings(suite) if s.model == suite.fast_model][-1]
+        out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
+        extra = (f"data.store=${{paths.data_dir}}/{suite.gcm_store}",)
+        lines.append(_command("sample", _sample_overrides(suite, edm, out, suite.split, extra)))
+    return [line.replace(str(REPO) + "/", "") for line in lines]
 
 
 # ---------------------------------------------------------------- stages
@@ -238,7 +250,6 @@ def stage_build(suite: Suite) -> None:
 
     for overrides in (suite.build, suite.gcm_build):
         if overrides:
-            _record("build", overrides)
             path = build.run(compose_config("build", [*overrides, *_common()]))
             _log(f"store {path}")
 
@@ -255,7 +266,6 @@ def stage_train(suite: Suite, only: str | None, force: bool) -> None:
             continue
         run_dir = _train_dir(suite, model)
         overrides = [f"experiment={experiment}", *suite.train_overrides]
-        _record("train", overrides)
         # train.run writes summary.json (with the training loop's wall time) when it finishes
         if (run_dir / "summary.json").is_file() and not force:
             _log(f"train {model}: reused {run_dir}")
@@ -266,22 +276,29 @@ def stage_train(suite: Suite, only: str | None, force: bool) -> None:
         _log(f"train {model}: {result['summary'].get('train_seconds', float('nan')):.0f} s")
 
 
+def _sample_overrides(
+    suite: Suite, sampling: Sampling, out: Path, split: str, extra: Sequence[str] = ()
+) -> list[str]:
+    # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
+    return [
+        f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
+        *sampling.overrides,
+        f"n_members={sampling.n_members}",
+        f"split={split}",
+        "evaluate=false",
+        "batch_size=64",
+        f"out={out}",
+        *extra,
+    ]
+
+
 def _sample(
     suite: Suite, sampling: Sampling, out: Path, split: str, n_members: int, extra=()
 ) -> dict:
     from downscale import sample
 
-    # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
-    overrides = [
-        f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
-        *sampling.overrides,
-        f"n_members={n_members}",
-        f"split={split}",
-        "evaluate=false",
-        "batch_size=64",
-        *extra,
-    ]
-    _record("sample", overrides)
+    sampling = dataclasses.replace(sampling, n_members=n_members)
+    overrides = _sample_overrides(suite, sampling, out, split, extra)
     timing = out.parent / "timing.json"
     if timing.is_file() and out.exists():
         return _read_json(timing)
@@ -336,11 +353,18 @@ def choose_fast_sampler(suite: Suite) -> None:
     _write_json(OUT / suite.name / "fast_sampler.json", {**best, "candidates": rows})
 
 
+def _selected(only: str | None, sampling: Sampling) -> bool:
+    return only is None or only in (sampling.model, _slug(sampling.name))
+
+
 def stage_sample(suite: Suite, only: str | None) -> None:
-    choose_fast_sampler(suite)
-    for sampling in _samplings(suite):
-        if only and only != sampling.model:
-            continue
+    """Sample the suite's fixed samplings, then (``--only fast`` or all) choose and run the fast
+    sampler. Separate processes can take separate ``--only`` values to run side by side."""
+    todo = [s for s in suite.samplings if _selected(only, s)]
+    if suite.fast_model and only in (None, "fast", suite.fast_model):
+        choose_fast_sampler(suite)
+        todo += [s for s in _samplings(suite) if s not in suite.samplings]
+    for sampling in todo:
         out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
         _log(f"sample {sampling.name}")
         info = _sample(suite, sampling, out, suite.split, sampling.n_members)
@@ -505,7 +529,7 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "anchors": suite.anchors,
             "fast_sampler": _read_json(OUT / suite.name / "fast_sampler.json"),
             "gcm": _read_json(OUT / suite.name / "gcm.json"),
-            "commands": sorted(set(c for c in COMMANDS if suite.name in c)),
+            "commands": _commands(suite),
         }
     _write_json(RESULTS_JSON, data)
     write_results(data, RESULTS_MD)
