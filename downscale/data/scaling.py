@@ -145,6 +145,10 @@ class LogScaler(Scaler):
         return lib.log10(1.0 + lib.clamp(x, min=0.0)) / self.divisor
 
     def inverse(self, y: Array) -> Array:
+        # y < 0 maps to negative rain (down to -1): clamp as SqrtScaler does, so that generated
+        # fields (which can undershoot 0 in scaled space) stay physical
+        lib = _lib(y)
+        y = np.maximum(y, 0.0) if lib is np else lib.clamp(y, min=0.0)
         return 10.0 ** (self.divisor * y) - 1.0
 
 

@@ -80,3 +80,11 @@ def test_fitting_a_constant_is_a_user_error():
         MinMaxScaler().fit(xr.DataArray(np.ones(10), name="c"))
     with pytest.raises(UserError, match="unknown scaler"):
         scaler_from_state({"class": "os.system"})
+
+
+def test_log_scaler_inverse_never_returns_negative_rain():
+    """Generated fields undershoot 0 in scaled space; the inverse must map them to 0 mm, not -1."""
+    y = np.array([-0.5, -1e-3, 0.0, 0.5])
+    np.testing.assert_allclose(LogScaler().inverse(y), [0.0, 0.0, 0.0, 9.0])
+    t = torch.tensor([-0.5, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(LogScaler().inverse(t), torch.tensor([0.0, 9.0], dtype=torch.float64))
