@@ -227,6 +227,20 @@ def test_build_store_direct(data_root: Path, tmp_path: Path) -> None:
     assert ds["precip"].dtype == np.float32
 
 
+@pytest.mark.parametrize(("codec", "name"), [("none", None), ("lz4", "blosc")])
+def test_codec_option(data_root: Path, tmp_path: Path, store: Path, codec: str, name) -> None:
+    cfg = _cfg(data_root, tmp_path / "unused.zarr", f"+build.codec={codec}")
+    out = build_store(cfg.build, tmp_path / f"{codec}.zarr")
+    meta = json.loads((out / "precip" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"][1:]] == ([name] if name else [])
+    fast, default = xr.open_zarr(out), xr.open_zarr(store)
+    xr.testing.assert_identical(fast["precip"].load(), default["precip"].load())
+    with pytest.raises(UserError, match="codec: brotli is not one of"):
+        build_store(
+            _cfg(data_root, tmp_path / "x.zarr", "+build.codec=brotli").build, tmp_path / "b"
+        )
+
+
 def test_cli_prints_one_line(data_root: Path, tmp_path: Path) -> None:
     import os
     import subprocess
