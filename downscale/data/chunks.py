@@ -46,7 +46,8 @@ class ChunkReader:
             self.compressor = _COMPRESSORS[codecs[1]["name"]](codecs[1].get("configuration", {}))
         key_cfg = meta.get("chunk_key_encoding", {})
         self.separator = key_cfg.get("configuration", {}).get("separator", "/")
-        self.prefix = key_cfg.get("name", "default") == "default"
+        prefix = key_cfg.get("name", "default") == "default"
+        self._prefix = str(self.path) + "/" + (f"c{self.separator}" if prefix else "")
         fill = meta.get("fill_value", 0)
         self.fill_value = _FILL.get(fill, fill) if isinstance(fill, str) else fill
 
@@ -71,14 +72,16 @@ class ChunkReader:
         return len(self.shape)
 
     def _chunk(self, index: tuple[int, ...]) -> np.ndarray | None:
-        parts = [str(i) for i in index]
-        key = self.separator.join((["c"] if self.prefix else []) + parts)
+        key = self._prefix + self.separator.join(map(str, index))
         try:
-            raw = (self.path / key).read_bytes()
+            if self.compressor is None:
+                data = np.fromfile(key, dtype=self.dtype)
+            else:
+                with open(key, "rb") as f:
+                    data = np.frombuffer(self.compressor.decode(f.read()), dtype=self.dtype)
         except FileNotFoundError:  # chunks never written hold the fill value
             return None
-        data = self.compressor.decode(raw) if self.compressor is not None else raw
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.chunks)
+        return data.reshape(self.chunks)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
