@@ -119,3 +119,50 @@ def test_missing_store_names_the_recipe(tmp_path):
         UserError, match="build it first with 'python -m downscale.build build=iberia"
     ):
         dm.prepare()
+
+
+def test_radar_mrms_time_splits_patches_and_regions(tmp_path):
+    from tests.conftest import shared_data_root
+
+    root = shared_data_root()
+    if root is None or not (root / "radar").is_dir():
+        pytest.skip("shared data (radar) not found; set DOWNSCALE_DATA_ROOT to run")
+    with initialize_config_dir(str(CONF), version_base=None):
+        build_cfg = compose(
+            "build",
+            overrides=[
+                "build=radar_mrms",
+                f"paths.data_root={root}",
+                f"out={tmp_path}/radar_mrms.zarr",
+                "build.domain.box={lon:[-100,-97.44],lat:[35,37.56]}",  # 256 x 256
+            ],
+        )
+    build_run(build_cfg)
+    cfg = compose_config(
+        "train",
+        [
+            "data=radar_mrms",
+            f"paths.data_dir={tmp_path}",
+            "data.regions.storm=[64,32,128,128]",
+            "data.num_workers=0",
+            "data.batch_size=4",
+        ],
+    )
+    dm = instantiate(cfg.data)
+    dm.prepare()
+    times = pd.DatetimeIndex(dm.ds.time.values)
+    idx = dm.split_indices
+    assert (len(idx["train"]), len(idx["val"]), len(idx["test"])) == (28, 4, 8)
+    assert times[idx["train"]].max() == pd.Timestamp("2019-06-10T00:54")
+    assert times[idx["test"]].min() == pd.Timestamp("2019-06-10T00:56")
+    train = next(iter(dm.train_dataloader()))
+    assert train["target"].shape == (4, 1, 128, 128) and train["cond"].shape == (4, 1, 128, 128)
+    assert set(train["time"].tolist()) <= set(idx["train"].tolist())
+    val = next(iter(dm.val_dataloader()))
+    assert val["target"].shape == (1, 1, 128, 128) and val["anchor"][0].tolist() == [64, 32]
+    test = next(iter(dm.test_dataloader()))
+    assert test["target"].shape == (1, 1, 256, 256)
+    # no-coverage pixels of the store are masked
+    store = xr.open_zarr(dm.store, consolidated=False)
+    valid = store.valid_mask.values.astype(bool)
+    np.testing.assert_array_equal(test["mask"][0, 0].numpy().astype(bool), valid)
