@@ -113,6 +113,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         "n_members": n_members,
         "nfe": result["nfe"],
         "seconds": result["seconds"],
+        "blocks_computed": result["blocks_computed"],
     }
     if cfg.get("sampler") is not None:
         sampler = to_plain(cfg.sampler)
