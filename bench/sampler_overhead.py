@@ -141,6 +141,9 @@ def main() -> None:
 
     baseline(20)  # warm-up
     fwd = min(baseline(1)[0] for _ in range(50))
+    # control: the same paired statistic for the baseline against itself (the noise floor)
+    aa = statistics.median(baseline(20)[0] / baseline(20)[0] for _ in range(args.repeats))
+    print(f"control: baseline / baseline paired median {aa:.3f}")
     results = {}
     print(f"forward {fwd * 1e3:.2f} ms  batch {args.batch} x 1 x {args.size}^2, {args.steps} steps")
     print(
@@ -188,6 +191,7 @@ def main() -> None:
         "samplers": results,
         "baseline": "NFE plain denoiser calls on the same batch, timed alternately",
         "statistic": "ratio: median over repeats of paired thread-CPU-time ratios; times: minima",
+        "control_baseline_over_baseline": round(aa, 4),
         "ratio": worst,
         "ratio_isolated": isolated,
         "ratio_isolated_definition": "1 + own_ms / baseline_ms, own_ms = sampler time with a "
