@@ -123,11 +123,13 @@ def _host_sigmas(sigmas: Tensor | Sequence[float]) -> list[float]:
 
 
 class _Model:
-    """Calls the denoiser with a ``(B,)`` sigma tensor made from a host float."""
+    """Calls the denoiser with a ``(B,)`` sigma tensor made from a host float (in x's dtype, at
+    least float32, so that half-precision samples still pass exact noise levels)."""
 
     def __init__(self, denoiser: Denoiser, x: Tensor, cond: Any) -> None:
         self.denoiser, self.cond = denoiser, cond
-        self.batch, self.dtype, self.device = x.shape[0], x.dtype, x.device
+        self.batch, self.device = x.shape[0], x.device
+        self.dtype = torch.promote_types(x.dtype, torch.float32)
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         s = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
