@@ -93,6 +93,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "sampler_overhead.json"
     )
     args = ap.parse_args()
+    commit = git_commit()  # the code measured (read before the run)
 
     torch.manual_seed(0)
     net = conv_net(2, args.width)
@@ -182,7 +183,7 @@ def main() -> None:
     print(f"worst ratio {worst:.3f}, worst isolated ratio {isolated:.4f} (goal <= {GOAL})")
     record = {
         "command": "OMP_NUM_THREADS=1 python bench/sampler_overhead.py",
-        "commit": git_commit(),
+        "commit": commit,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
