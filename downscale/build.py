@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from downscale.data.build import build_store, store_recipe
+from downscale.utils.cli import run_cli
 from downscale.utils.errors import UserError, report_user_errors
 
 log = logging.getLogger(__name__)
@@ -56,4 +57,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("build", main)

@@ -12,6 +12,7 @@ import hydra
 import xarray as xr
 from omegaconf import DictConfig, OmegaConf
 
+from downscale.utils.cli import run_cli
 from downscale.utils.errors import UserError, report_user_errors, require
 
 
@@ -63,4 +64,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("evaluate", main)

@@ -15,8 +15,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from downscale.logging.sweep import write_job_summary
 from downscale.sampling.driver import SampleRequest, SamplerRun, write_samples
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
+from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
 from downscale.utils.errors import report_user_errors, require
 from downscale.utils.seeding import resolve_device
@@ -93,21 +95,43 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         device=resolve_device(cfg.device),
     )
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
+    out_dir = Path(cfg.out).parent
     if cfg.get("evaluate"):
         from downscale.evaluate import evaluate_store
 
-        out_dir = Path(cfg.out).parent
         result["metrics"] = evaluate_store(
             result["path"], datamodule.store, cfg.evaluation, out_dir, variable=None
         )
         result["metrics_path"] = out_dir / "metrics.json"
+    write_job_summary(out_dir, sweep_row(cfg, result, n_members))
     return result
 
 
+def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[str, Any]:
+    """Parameters, cost and headline metrics of this sampling run (one row of a sweep summary)."""
+    row: dict[str, Any] = {
+        "n_members": n_members,
+        "nfe": result["nfe"],
+        "seconds": result["seconds"],
+        "blocks_computed": result["blocks_computed"],
+    }
+    if cfg.get("sampler") is not None:
+        sampler = to_plain(cfg.sampler)
+        row["sampler"] = sampler.pop("_target_").rsplit(".", 1)[-1].removeprefix("sample_")
+        sampler.pop("_partial_", None)
+        row.update({f"sampler.{k}": v for k, v in sampler.items()})
+        schedule = to_plain(cfg.schedule)
+        row["schedule"] = schedule.pop("_target_").rsplit(".", 1)[-1].removeprefix("sigmas_")
+        schedule.pop("_partial_", None)
+        row.update({f"schedule.{k}": v for k, v in schedule.items()})
+    row.update(result.get("metrics") or {})
+    return row
+
+
 @hydra.main(version_base=None, config_path="../conf", config_name="sample")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> dict[str, Any]:
+    return run(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("sample", main)

@@ -6,20 +6,25 @@ command-line wrapper.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
+from downscale.utils.atomic import atomic_path
 from downscale.utils.checkpoint import load_checkpoint
+from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
-from downscale.utils.errors import report_user_errors, require
-from downscale.utils.seeding import check_accelerator
+from downscale.utils.errors import UserError, report_user_errors, require
+from downscale.utils.seeding import check_accelerator, check_trainer_types
 
 CONFIG_KEYS_SAVED = ("data", "model", "net", "seed")
 
@@ -35,9 +40,29 @@ def _resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(path)
 
 
-def _init_from(model: L.LightningModule, path: str) -> None:
+def _init_from(model: L.LightningModule, path: str, channels: dict, targets: list) -> None:
+    """Load the weights of another checkpoint (fine-tuning); refuse one that does not fit."""
     checkpoint = load_checkpoint(path)
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    info = checkpoint["downscale"]
+    require(
+        info.get("channels", channels) == channels,
+        f"init_from={path} was trained with channels {info.get('channels')} but this data gives "
+        f"{channels}; fine-tune with the same variables (data.targets, data.coarse, data.statics)",
+    )
+    old_targets = info.get("grid", {}).get("targets", targets)
+    require(
+        list(old_targets) == list(targets),
+        f"init_from={path} predicts {old_targets} but this data has targets {targets}; "
+        "fine-tune on the same target variables",
+    )
+    try:
+        missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise UserError(
+            f"init_from={path} does not fit this model ({lines[1] if len(lines) > 1 else lines[0]}); "
+            "fine-tune with the same model/net config"
+        ) from exc
     require(
         not unexpected and not [k for k in missing if not k.startswith("ema.")],
         f"init_from={path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
@@ -45,14 +70,29 @@ def _init_from(model: L.LightningModule, path: str) -> None:
     )
 
 
+def instantiate_user(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a constructor's :class:`UserError` as itself (Hydra
+    wraps it in an ``InstantiationException``) so that the entry point prints one line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from exc
+        raise
+
+
 def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the model and the Trainer of a train config."""
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.precision)
+    check_trainer_types(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
     channels = {"out_channels": datamodule.out_channels, "cond_channels": datamodule.cond_channels}
-    model = instantiate(cfg.model, net=instantiate(cfg.net), **channels)
+    model = instantiate_user(cfg.model, net=instantiate(cfg.net), **channels)
     model.run_info = {
         "config": {k: to_plain(cfg[k]) for k in CONFIG_KEYS_SAVED if k in cfg},
         "channels": channels,
@@ -60,36 +100,60 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
         "grid": datamodule.grid(),
     }
     if cfg.get("init_from"):
-        _init_from(model, cfg.init_from)
+        _init_from(model, cfg.init_from, channels, list(datamodule.targets))
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer_kwargs: dict[str, Any] = {}
+    if not model.automatic_optimization:
+        # Lightning refuses automatic clipping with manual optimization: the model clips itself
+        model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
+        trainer_kwargs["gradient_clip_val"] = None
+    trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, **trainer_kwargs
+    )
     return datamodule, model, trainer
 
 
 @report_user_errors
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train; returns the run dir, checkpoint paths and the final logged metrics."""
+    ckpt_path = _resume_checkpoint(cfg)  # before anything is written: a bad resume= changes nothing
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     datamodule, model, trainer = build(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(model.run_info["config"])
-        trainer.fit(model, datamodule=datamodule, ckpt_path=_resume_checkpoint(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        summary = model.run_summary()
+        if trainer.is_global_zero:
+            write_summary(run_dir, summary, trainer)
     finally:
         _finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)}
     last = run_dir / "checkpoints" / "last.ckpt"
-    print(f"checkpoint: {last}")
+    if trainer.is_global_zero:
+        print(f"checkpoint: {last}")
     return {
         "run_dir": run_dir,
         "last_ckpt": last,
         "best_ckpt": run_dir / "checkpoints" / "best.ckpt",
         "metrics": metrics,
+        "summary": summary,
     }
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any], trainer: L.Trainer) -> None:
+    """Model size and throughput: ``<run_dir>/summary.json`` and the W&B run summary."""
+    summary = {**summary, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    with atomic_path(run_dir / "summary.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2, default=str))
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if isinstance(logger, WandbLogger) and experiment is not None:
+            experiment.summary.update({f"run/{k}": v for k, v in summary.items()})
 
 
 def _finish_wandb() -> None:
@@ -106,4 +170,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("train", main)

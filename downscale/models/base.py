@@ -1,14 +1,18 @@
 """Shared LightningModule machinery: optimizers and schedulers from ``_partial_`` configs, EMA,
-checkpoint extras (config, scalers, grid), NaN guards and throughput bookkeeping."""
+checkpoint extras (config, scalers, grid, RNG states), NaN guards, torch.compile and throughput
+bookkeeping."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,32 +24,120 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
+def build_net(
+    factory: Callable[..., nn.Module], overrides: Mapping[str, Any] | None = None, **channels: int
+) -> nn.Module:
+    """Call a net factory (``conf/net``, ``_partial_``) with the data's channel counts and the
+    model's ``net_overrides`` (e.g. VP sets ``embedding_type: positional``)."""
+    return factory(**channels, **dict(overrides or {}))
+
+
+def make_scheduler(
+    factory: SchedulerFactory, optimizer: torch.optim.Optimizer, total_steps: int | None
+) -> Any:
+    """Call a scheduler factory; ``total_steps`` (the run's optimizer steps) is passed to factories
+    that take it (cosine, one-cycle), torch's own classes get only the optimizer."""
+    target = getattr(factory, "func", factory)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        params = {}
+    given = getattr(factory, "keywords", {}) or {}
+    if "total_steps" in params and "total_steps" not in given:
+        if total_steps is None or total_steps <= 0 or total_steps == float("inf"):
+            raise UserError(
+                "this LR schedule needs the number of training steps; set trainer.max_epochs or "
+                "trainer.max_steps, or give model.scheduler.total_steps"
+            )
+        return factory(optimizer, total_steps=int(total_steps))
+    return factory(optimizer)
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch, CUDA, NumPy and Python RNG states as tensors and plain lists (``weights_only``-safe)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [
+            str(np_state[0]),
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+        "python": [int(py_state[0]), list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the states saved by :func:`rng_state` (missing entries are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class DownscaleModule(L.LightningModule):
     """Base class: subclasses build their networks, define ``training_step`` and ``generate``.
 
     Args:
         optimizer: factory ``(params) -> Optimizer`` (a ``_partial_`` config).
-        scheduler: optional factory ``(optimizer) -> LR scheduler``; ``scheduler_interval`` is
-            ``step`` or ``epoch`` and ``scheduler_monitor`` names the metric for plateau schedulers.
+        scheduler: optional factory ``(optimizer[, total_steps]) -> LR scheduler``, or a mapping
+            ``{factory, interval, monitor}`` (the ``scheduler`` config group); ``interval`` /
+            ``scheduler_interval`` is ``step`` or ``epoch`` and ``monitor`` /
+            ``scheduler_monitor`` names the metric for plateau schedulers.
         ema: optional factory ``(module) -> EMA``; the EMA weights are used for validation and sampling.
+        compile: compile the network(s) with ``torch.compile`` (in place: checkpoints keep their keys).
+        compile_kwargs: keyword arguments of ``torch.compile`` (e.g. ``backend``, ``mode``).
     """
+
+    #: draws differ from member to member (False: one deterministic member, see downscale.sample)
+    stochastic = True
+    #: ``generate`` needs a sampler and a schedule (False: a single forward pass)
+    needs_sampler = True
 
     def __init__(
         self,
         optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
         scheduler_interval: str = "step",
         scheduler_monitor: str = "val/loss",
         ema: Callable[[nn.Module], EMA] | None = None,
+        compile: bool = False,
+        compile_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(scheduler, Mapping):
+            scheduler_interval = scheduler.get("interval") or scheduler_interval
+            scheduler_monitor = scheduler.get("monitor") or scheduler_monitor
+            scheduler = scheduler.get("factory")
+        if scheduler_interval not in ("step", "epoch"):
+            raise UserError(
+                f"scheduler_interval={scheduler_interval} is not step or epoch; use one of them"
+            )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
         self.ema_factory = ema
+        self.compile_net = bool(compile)
+        self.compile_kwargs = dict(compile_kwargs or {})
         self.run_info: dict[str, Any] = {}
         self._step_started = 0.0
+        self._fit_started = 0.0
+        self._train_steps = 0
+        self._train_samples = 0
+        self._train_seconds = 0.0
 
     # --- EMA -----------------------------------------------------------------------------------
     def averaged_module(self) -> nn.Module:
@@ -59,20 +151,43 @@ class DownscaleModule(L.LightningModule):
         """EMA weights when available, else the live ones."""
         return self.ema.module if getattr(self, "ema", None) is not None else self.averaged_module()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def update_ema(self) -> None:
         if getattr(self, "ema", None) is not None:
             self.ema.update_parameters(self.averaged_module())
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.update_ema()
+        self._train_steps += 1
+        self._train_seconds += time.perf_counter() - self._step_started
+
+    # --- torch.compile -------------------------------------------------------------------------
+    def compiled_modules(self) -> list[nn.Module]:
+        """The networks ``compile=true`` compiles (subclasses override)."""
+        return []
+
+    def maybe_compile(self) -> None:
+        """Compile the networks in place (``nn.Module.compile``) so state-dict keys are unchanged."""
+        if self.compile_net:
+            for module in self.compiled_modules():
+                module.compile(**self.compile_kwargs)
+
     # --- optimisation --------------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        params = [
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [
             p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("ema.")
         ]
-        optimizer = self.optimizer_factory(params)
+
+    def total_steps(self) -> int | None:
+        """Optimizer steps of the whole run (for cosine / one-cycle schedules)."""
+        trainer = getattr(self, "_trainer", None)
+        return None if trainer is None else trainer.estimated_stepping_batches
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {
-            "scheduler": self.scheduler_factory(optimizer),
+            "scheduler": make_scheduler(self.scheduler_factory, optimizer, self.total_steps()),
             "interval": self.scheduler_interval,
             "monitor": self.scheduler_monitor,
         }
@@ -92,6 +207,7 @@ class DownscaleModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def log_throughput(self, batch_size: int) -> None:
+        self._train_samples += batch_size
         elapsed = time.perf_counter() - self._step_started
         if elapsed > 0:
             self.log("perf/samples_per_s", batch_size / elapsed, on_step=True, on_epoch=False)
@@ -100,19 +216,32 @@ class DownscaleModule(L.LightningModule):
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("ema."))
 
     def on_fit_start(self) -> None:
+        self._fit_started = time.perf_counter()
         for logger in self.loggers:
             logger.log_hyperparams({"model/n_parameters": self.n_parameters()})
+
+    def run_summary(self) -> dict[str, float | int | str]:
+        """Model size and training throughput of this process (for the run summary)."""
+        seconds = self._train_seconds
+        return {
+            "model": type(self).__name__,
+            "n_parameters": self.n_parameters(),
+            "train_steps": self._train_steps,
+            "train_seconds": seconds,
+            "steps_per_s": self._train_steps / seconds if seconds > 0 else float("nan"),
+            "samples_per_s": self._train_samples / seconds if seconds > 0 else float("nan"),
+        }
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["downscale"] = {**self.run_info, "version": __version__}
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        checkpoint["rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.run_info = dict(checkpoint.get("downscale", {}))
         rng = checkpoint.get("rng")
         if rng is not None:
-            torch.set_rng_state(rng["torch"])
+            set_rng_state(rng)
 
     # --- sampling contract ---------------------------------------------------------------------
     def generate(

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from downscale.models.base import DownscaleModule, noise_bucket_edges
+from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.utils.errors import require
+
+
+def log_sigma_buckets(module: DownscaleModule, out: dict, edges: list[float]) -> None:
+    """Log the validation loss per noise-level bucket (``val/loss_sigma_<lo>-<hi>``)."""
+    per_sample, sigma = out["per_sample"].detach(), out["sigma"].detach().flatten()
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (sigma >= lo) & (sigma < hi)
+        if inside.any():
+            module.log(
+                f"val/loss_sigma_{lo:.3g}-{hi:.3g}",
+                per_sample[inside].mean(),
+                batch_size=int(inside.sum()),
+                sync_dist=True,
+            )
 
 
 class DiffusionModel(DownscaleModule):
@@ -21,6 +36,8 @@ class DiffusionModel(DownscaleModule):
         loss: ``DiffusionLoss``: ``loss(denoiser, target, cond, mask) -> {loss, per_sample, sigma}``.
         out_channels, cond_channels: from the data (filled in by the train entry point).
         val_seed: fixed seed of validation noise so validation losses compare across epochs.
+        net_overrides: net arguments this model needs whatever the ``net`` config says (VP:
+            ``embedding_type: positional``, because its noise labels are times in [0, 999]).
     """
 
     def __init__(
@@ -31,20 +48,31 @@ class DiffusionModel(DownscaleModule):
         out_channels: int,
         cond_channels: int,
         val_seed: int = 1234,
-        **base: object,
+        net_overrides: Mapping[str, Any] | None = None,
+        **base: Any,
     ) -> None:
         super().__init__(**base)
         self.out_channels, self.cond_channels = out_channels, cond_channels
         self.denoiser = precond(
-            net(out_channels=out_channels, cond_channels=cond_channels, noisy_channels=out_channels)
+            build_net(
+                net,
+                net_overrides,
+                out_channels=out_channels,
+                cond_channels=cond_channels,
+                noisy_channels=out_channels,
+            )
         )
         self.loss_fn = loss
         self.val_seed = val_seed
         self.bucket_edges = noise_bucket_edges()
         self.setup_ema()
+        self.maybe_compile()
 
     def averaged_module(self) -> nn.Module:
         return self.denoiser
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.denoiser.net]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self.loss_fn(self.denoiser, batch["target"], batch["cond"], batch["mask"])
@@ -66,16 +94,7 @@ class DiffusionModel(DownscaleModule):
         )
         n = batch["target"].shape[0]
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
-        per_sample, sigma = out["per_sample"].detach(), out["sigma"].detach().flatten()
-        for lo, hi in zip(self.bucket_edges[:-1], self.bucket_edges[1:], strict=True):
-            inside = (sigma >= lo) & (sigma < hi)
-            if inside.any():
-                self.log(
-                    f"val/loss_sigma_{lo:.3g}-{hi:.3g}",
-                    per_sample[inside].mean(),
-                    batch_size=int(inside.sum()),
-                    sync_dist=True,
-                )
+        log_sigma_buckets(self, out, self.bucket_edges)
 
     @torch.no_grad()
     def generate(

@@ -143,7 +143,7 @@ def _template(datamodule: Any, request: SampleRequest) -> xr.Dataset:
             for k, v in request.attrs.items()
         }
     )
-    out.attrs.update(request_key=request.key(), downscale_version=__version__)
+    out.attrs.update(request_key=request.key(), seed=request.seed, downscale_version=__version__)
     return out
 
 
@@ -242,6 +242,7 @@ def write_samples(
 
 def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: int) -> None:
     """Inverse-scale draws (T, M, C, H, W) to physical units, mask invalid pixels, write the region."""
+    draws = datamodule.crop_to_grid(draws)  # drop any padding added to fit the network
     mask = datamodule.fields.mask
     variables = {}
     ydim, xdim = datamodule.ds[datamodule.targets[0]].dims[-2:]

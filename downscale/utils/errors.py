@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hydra.errors import InstantiationException
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -45,6 +47,16 @@ def report_user_errors(fn: F) -> F:
             if full_traceback_requested():
                 raise
             print(f"error: {_one_line(exc)}", file=sys.stderr)
+            sys.exit(2)
+        except InstantiationException as exc:
+            # a component's arguments from the config were rejected (wrong type, unknown argument)
+            if full_traceback_requested():
+                raise
+            print(
+                f"error: {_one_line(exc)}; check the overrides of that component "
+                "(HYDRA_FULL_ERROR=1 shows the trace)",
+                file=sys.stderr,
+            )
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from downscale.utils.errors import require
@@ -30,3 +32,13 @@ def check_accelerator(accelerator: str, precision: str | int) -> None:
         str(precision) != "16-mixed" or torch.cuda.is_available(),
         "trainer.precision=16-mixed needs a GPU; use 32 or bf16-mixed on CPU",
     )
+
+
+def check_trainer_types(trainer: Any) -> None:
+    """Integer trainer settings must be integers (Lightning only asserts deep inside ``fit``)."""
+    for key in ("max_epochs", "max_steps", "log_every_n_steps", "check_val_every_n_epoch"):
+        value = trainer.get(key)
+        require(
+            value is None or (isinstance(value, int) and not isinstance(value, bool)),
+            f"trainer.{key}={value!r} must be an integer",
+        )

@@ -115,3 +115,37 @@ def test_rerun_with_the_same_out_skips_finished_work(trained):
     first = sample.run(cfg)
     again = sample.run(cfg)
     assert first["blocks_computed"] > 0 and again["blocks_computed"] == 0
+
+
+def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.conftest import REPO
+
+    root, result = trained
+    sweep = root / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "downscale.sample",
+        "-m",
+        f"run_dir={result['run_dir']}",
+        "sampler=euler,heun",
+        "sampler.steps=2,4",
+        "n_members=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = pd.read_csv(sweep / "summary.csv")
+    assert len(table) == 4 and set(table["sampler"]) == {"euler", "heun"}
+    assert sorted(table["nfe"]) == [2, 3, 4, 7]  # euler: steps; heun: 2 steps - 1
+    assert table["crps"].notna().all()
+    assert len({*table["job"]}) == 4  # distinct job dirs
+    assert (sweep / "summary.md").is_file() and (sweep / "report.html").is_file()
+    assert (sweep / "sweep_crps_vs_nfe.png").is_file()

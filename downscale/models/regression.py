@@ -1,0 +1,104 @@
+"""Deterministic regression: the UNet maps the predictors straight to the target (one member)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from downscale.models.base import DownscaleModule, build_net
+from downscale.models.losses import PixelLoss
+from downscale.utils.errors import require
+
+
+class RegressionNet(nn.Module):
+    """``y_hat = F(cond)``: a UNet with ``noisy_channels=0`` called with ``x=None`` and no noise label
+    (its noise embedding is then a learned constant)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, cond: torch.Tensor, **net_kwargs: Any) -> torch.Tensor:
+        return self.net(None, None, cond, **net_kwargs).to(torch.float32)
+
+
+class RegressionModel(DownscaleModule):
+    """The conditional mean (MSE) or median (MAE) of the target given the predictors.
+
+    ``generate`` returns one deterministic member ``(B, 1, C, H, W)``: the model is not stochastic
+    and needs no sampler (``downscale.sample`` reads the class attributes).
+
+    Args:
+        net: net factory (``conf/net``), called with ``noisy_channels=0``.
+        loss: ``mse`` or ``mae``; ``variable_weights`` and ``trim`` as in the diffusion loss.
+    """
+
+    stochastic = False
+    needs_sampler = False
+
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        out_channels: int,
+        cond_channels: int,
+        loss: str = "mse",
+        variable_weights: Sequence[float] | None = None,
+        trim: int = 0,
+        net_overrides: Mapping[str, Any] | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.out_channels, self.cond_channels = out_channels, cond_channels
+        self.regressor = RegressionNet(
+            build_net(
+                net,
+                net_overrides,
+                out_channels=out_channels,
+                cond_channels=cond_channels,
+                noisy_channels=0,
+            )
+        )
+        self.loss_fn = PixelLoss(loss, variable_weights, trim)
+        self.setup_ema()
+        self.maybe_compile()
+
+    def averaged_module(self) -> nn.Module:
+        return self.regressor
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.regressor.net]
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        return self.regressor(cond)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss_fn(self.regressor(batch["cond"]), batch["target"], batch["mask"])
+        self.check_finite(loss)
+        n = batch["target"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_throughput(n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.inference_module()(batch["cond"])
+        loss = self.loss_fn(pred, batch["target"], batch["mask"])
+        n = batch["target"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cond: torch.Tensor,
+        n_members: int = 1,
+        *,
+        sampler: Callable | None = None,
+        generators: list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        require(
+            n_members == 1,
+            f"the regression model is deterministic: n_members={n_members} must be 1; use n_members=1",
+        )
+        return self.inference_module()(cond)[:, None]

@@ -1,0 +1,247 @@
+"""Residual diffusion (CorrDiff, Mardani et al. 2024): ``y = mu(cond) + r``, where the regression
+UNet ``mu`` predicts the conditional mean and an EDM diffusion model learns the residual
+``r = y - mu(cond)``, conditioned on the predictors and (by default) on ``mu``.
+
+The denoiser the samplers see produces the residual; :meth:`ResidualModel.generate` adds the mean.
+The regression comes from a regression checkpoint (``regression_ckpt``) or is trained first, for
+``regression_epochs`` epochs, by the same run (two stages, one command).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
+from downscale.models.diffusion import log_sigma_buckets
+from downscale.models.losses import PixelLoss
+from downscale.models.regression import RegressionNet
+from downscale.utils.checkpoint import load_checkpoint, load_model
+from downscale.utils.errors import UserError, require
+
+
+def regression_state(path: str | Path, out_channels: int, cond_channels: int) -> dict:
+    """EMA weights of the ``RegressionNet`` in a regression checkpoint, after checking that it is
+    one and that its channels fit the data."""
+    path = Path(path)
+    require(
+        path.is_file(),
+        f"model.regression_ckpt={path} does not exist; train one with model=regression (or drop "
+        "regression_ckpt to train both stages in one run with model.regression_epochs=N)",
+    )
+    checkpoint = load_checkpoint(path)
+    info = checkpoint["downscale"]
+    target = str(info["config"].get("model", {}).get("_target_", ""))
+    require(
+        target.endswith(".RegressionModel"),
+        f"model.regression_ckpt={path} is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, "
+        "not a regression one; pass a checkpoint trained with model=regression",
+    )
+    channels = info.get("channels", {})
+    want = {"out_channels": out_channels, "cond_channels": cond_channels}
+    require(
+        channels == want,
+        f"model.regression_ckpt={path} has channels {channels} but the data gives {want}; "
+        "train the regression on the same variables",
+    )
+    return load_model(checkpoint, path).inference_module().state_dict()
+
+
+class ResidualModel(DownscaleModule):
+    """CorrDiff-style residual diffusion.
+
+    Args:
+        net: net factory (``conf/net``) for both the regression and the residual denoiser.
+        precond: preconditioner factory of the residual denoiser (EDM).
+        loss: ``DiffusionLoss`` applied to the residual target ``y - mu``.
+        regression_ckpt: a ``model=regression`` checkpoint whose EMA weights give ``mu`` (frozen).
+        regression_epochs: without ``regression_ckpt``, epochs of the first (regression) stage.
+        regression_loss: ``mse`` or ``mae`` for the regression stage.
+        mean_conditioning: give ``mu`` to the denoiser as extra conditioning channels (CorrDiff's
+            ``hr_mean_conditioning``).
+        regression_trained: the regression weights come with the state dict (set in checkpoints so
+            that sampling never needs the original regression checkpoint).
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., nn.Module],
+        precond: Callable[[nn.Module], nn.Module],
+        loss: Callable[..., dict],
+        out_channels: int,
+        cond_channels: int,
+        regression_ckpt: str | None = None,
+        regression_epochs: int = 10,
+        regression_loss: str = "mse",
+        mean_conditioning: bool = True,
+        regression_trained: bool = False,
+        variable_weights: Sequence[float] | None = None,
+        val_seed: int = 1234,
+        net_overrides: Mapping[str, Any] | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        self.out_channels, self.cond_channels = out_channels, cond_channels
+        self.mean_conditioning = bool(mean_conditioning)
+        extra = out_channels if mean_conditioning else 0
+        regression = RegressionNet(
+            build_net(
+                net,
+                net_overrides,
+                out_channels=out_channels,
+                cond_channels=cond_channels,
+                noisy_channels=0,
+            )
+        )
+        denoiser = precond(
+            build_net(
+                net,
+                net_overrides,
+                out_channels=out_channels,
+                cond_channels=cond_channels + extra,
+                noisy_channels=out_channels,
+            )
+        )
+        self.body = nn.ModuleDict({"regression": regression, "denoiser": denoiser})
+        self.loss_fn = loss
+        self.pixel_loss = PixelLoss(regression_loss, variable_weights)
+        self.val_seed = val_seed
+        self.bucket_edges = noise_bucket_edges()
+        self.regression_ckpt = regression_ckpt
+        self.regression_epochs = 0 if (regression_ckpt or regression_trained) else regression_epochs
+        if regression_ckpt:
+            state = regression_state(regression_ckpt, out_channels, cond_channels)
+            try:
+                regression.load_state_dict(state)
+            except RuntimeError as exc:
+                raise UserError(
+                    f"model.regression_ckpt={regression_ckpt} does not fit this net config "
+                    f"({str(exc).splitlines()[0]}); use the net the regression was trained with"
+                ) from exc
+            regression.requires_grad_(False)
+        elif not regression_trained:
+            require(
+                regression_epochs >= 1,
+                "the residual model needs a regression: pass model.regression_ckpt=<regression "
+                "checkpoint> or model.regression_epochs=N (>= 1) to train it first in this run",
+            )
+        self.setup_ema()
+        self.maybe_compile()
+
+    # --- modules -------------------------------------------------------------------------------
+    def averaged_module(self) -> nn.Module:
+        return self.body
+
+    def compiled_modules(self) -> list[nn.Module]:
+        return [self.body["regression"].net, self.body["denoiser"].net]
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.body["denoiser"]
+
+    @property
+    def regression(self) -> nn.Module:
+        return self.body["regression"]
+
+    def in_regression_stage(self) -> bool:
+        return self.current_epoch < self.regression_epochs
+
+    def denoiser_cond(self, cond: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cond, mean.to(cond.dtype)], dim=1) if self.mean_conditioning else cond
+
+    # --- stages --------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        max_epochs = self.trainer.max_epochs
+        require(
+            self.regression_epochs == 0
+            or max_epochs is None
+            or max_epochs > self.regression_epochs,
+            f"trainer.max_epochs={max_epochs} leaves no residual stage after "
+            f"model.regression_epochs={self.regression_epochs}; raise max_epochs",
+        )
+
+    def on_train_epoch_start(self) -> None:
+        """Entering the residual stage: the regression takes its EMA weights and is frozen."""
+        if self.regression_epochs and self.current_epoch >= self.regression_epochs:
+            if self.current_epoch == self.regression_epochs and getattr(self, "ema", None):
+                self.regression.load_state_dict(self.ema.module["regression"].state_dict())
+            self.regression.requires_grad_(False)
+
+    # --- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        target, cond, mask = batch["target"], batch["cond"], batch["mask"]
+        n = target.shape[0]
+        if self.in_regression_stage():
+            loss = self.pixel_loss(self.regression(cond), target, mask)
+            self.check_finite(loss)
+            self.log("train/regression_loss", loss, prog_bar=True, batch_size=n)
+        else:
+            with torch.no_grad():
+                mean = self.regression(cond)
+            out = self.loss_fn(self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask)
+            loss = out["loss"]
+            self.check_finite(loss)
+            self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_throughput(n)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        target, cond, mask = batch["target"], batch["cond"], batch["mask"]
+        n = target.shape[0]
+        body = self.inference_module()
+        mean = body["regression"](cond)
+        reg_loss = self.pixel_loss(mean, target, mask)
+        self.log("val/regression_loss", reg_loss, batch_size=n, sync_dist=True)
+        if self.in_regression_stage():
+            # val/loss ranks checkpoints; a regression-stage model must never be the best one
+            self.log("val/loss", float("inf"), prog_bar=True, batch_size=n, sync_dist=True)
+            return
+        generator = torch.Generator(device=target.device).manual_seed(self.val_seed + batch_idx)
+        out = self.loss_fn(
+            body["denoiser"],
+            target - mean,
+            self.denoiser_cond(cond, mean),
+            mask,
+            generator=generator,
+        )
+        self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
+        log_sigma_buckets(self, out, self.bucket_edges)
+
+    # --- checkpoints and sampling --------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        config = checkpoint["downscale"].get("config")
+        if config and "model" in config:
+            # the weights travel in the state dict: sampling must not need the regression file
+            config = copy.deepcopy(config)
+            config["model"]["regression_ckpt"] = None
+            config["model"]["regression_trained"] = True
+            checkpoint["downscale"]["config"] = config
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cond: torch.Tensor,
+        n_members: int,
+        *,
+        sampler: Callable | None = None,
+        generators: list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        require(sampler is not None, "the residual model needs a sampler to generate (sampler=...)")
+        b, _, h, w = cond.shape
+        body = self.inference_module()
+        mean = body["regression"](cond).repeat_interleave(n_members, dim=0)
+        cond_rep = cond.repeat_interleave(n_members, dim=0)
+        residual = sampler(
+            body["denoiser"],
+            self.denoiser_cond(cond_rep, mean),
+            out_channels=self.out_channels,
+            generators=generators,
+        )
+        return (mean + residual).view(b, n_members, self.out_channels, h, w)
