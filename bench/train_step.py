@@ -14,6 +14,7 @@ import copy
 import json
 import platform
 import subprocess
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,9 +25,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import IterableDataset
 
-import downscale.utils.resolvers  # noqa: F401  (registers ${first:...})
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed copy
+
+import downscale.utils.resolvers  # noqa: E402, F401  (registers ${first:...})
+
 C_OUT, C_COND = 1, 3
 
 
