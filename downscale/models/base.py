@@ -47,7 +47,7 @@ def make_scheduler(
         if total_steps is None or total_steps <= 0 or total_steps == float("inf"):
             raise UserError(
                 "this LR schedule needs the number of training steps; set trainer.max_epochs or "
-                "trainer.max_steps, or give model.scheduler.total_steps"
+                "trainer.max_steps, or give scheduler.factory.total_steps"
             )
         return factory(optimizer, total_steps=int(total_steps))
     return factory(optimizer)
@@ -198,7 +198,7 @@ class DownscaleModule(L.LightningModule):
         if not torch.isfinite(loss).all():
             raise UserError(
                 f"loss became {loss.detach().float().mean().item()} at step {self.global_step}; "
-                "lower the learning rate (model.optimizer.lr), enable gradient clipping "
+                "lower the learning rate (optimizer.lr), enable gradient clipping "
                 "(trainer.gradient_clip_val) or check the data for NaNs"
             )
 
