@@ -238,6 +238,17 @@ class DownscaleModule(L.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:  # a diverged step: never write weights that cannot be used
+            raise UserError(
+                f"weights became non-finite ({bad[0]}) at step {self.global_step}; lower the learning "
+                "rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) or check "
+                "the data for NaNs"
+            )
         checkpoint["downscale"] = {**self.run_info, "version": __version__}
         checkpoint["rng"] = rng_state()
 

@@ -204,3 +204,26 @@ def test_residual_two_stages_in_one_run(tmp_path, cache_dir):
     assert rows[0]["val/regression_loss"] == rows[1]["val/regression_loss"]
     with pytest.raises(SystemExit):
         _train(tmp_path / "short", ["model=residual", "model.regression_epochs=2"])
+
+
+def test_diverging_run_stops_with_one_line(tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit) as info:
+        _train(
+            tmp_path,
+            [
+                "model=regression",
+                "optimizer.lr=1e12",
+                "trainer.gradient_clip_val=null",
+                "trainer.max_epochs=4",
+            ],
+            logger="none",
+            callbacks="default",
+        )
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(("error: loss became", "error: weights became non-finite"))
+    assert "at step" in err and "optimizer.lr" in err
+    # no checkpoint holds diverged weights (the divergence is caught before they are written)
+    for path in tmp_path.glob("checkpoints/*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
