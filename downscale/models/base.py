@@ -105,6 +105,8 @@ class DownscaleModule(L.LightningModule):
     stochastic = True
     #: ``generate`` needs a sampler and a schedule (False: a single forward pass)
     needs_sampler = True
+    #: some training steps leave parameters without gradients (DDP must look for them)
+    ddp_find_unused_parameters = False
 
     def __init__(
         self,

@@ -17,7 +17,6 @@ import torch
 from tests.conftest import REPO
 
 COMMON = [
-    "model=regression",
     "data.store.n_days=20",  # 16 training days: one batch of 16, or 2 x 8 under DDP
     "data.store.size=32",
     "data.train_dataset.patch_size=32",
@@ -39,10 +38,11 @@ def _train(out, extra, cache_dir):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_single_process(tmp_path, cache_dir):
-    single = _train(tmp_path / "single", ["data.batch_size=16"], cache_dir)
+    single = _train(tmp_path / "single", ["model=regression", "data.batch_size=16"], cache_dir)
     ddp = _train(
         tmp_path / "ddp",
         [
+            "model=regression",
             "trainer=ddp",
             "trainer.accelerator=cpu",
             "trainer.devices=2",
@@ -59,3 +59,25 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path, cache_dir):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
         trained |= key == "regressor.net.out_conv.weight" and bool(a[key].abs().sum() > 0)
     assert trained  # the zero-initialised output layer has moved
+
+
+@pytest.mark.slow
+def test_ddp_gan_trains_with_two_cpu_processes(tmp_path, cache_dir):
+    """Manual optimization (alternating D and G steps, adaptive weight) under DDP."""
+    ckpt = _train(
+        tmp_path / "gan",
+        [
+            "model=gan",
+            "model.warmup_steps=1",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy.process_group_backend=gloo",
+            "data.batch_size=8",
+        ],
+        cache_dir,
+    )
+    assert int(ckpt["state_dict"]["gen_steps"]) == 2
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )

@@ -227,3 +227,26 @@ def test_diverging_run_stops_with_one_line(tmp_path, cache_dir, capsys):
     for path in tmp_path.glob("checkpoints/*.ckpt"):
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(("model", "expected"), [("edm", False), ("gan", True), ("residual", True)])
+def test_ddp_finds_unused_parameters_for_gan_and_residual(tmp_path, cache_dir, model, expected):
+    from downscale.train import build
+
+    cfg = compose_config(
+        "train",
+        [
+            *FAST,
+            "logger=none",
+            "callbacks=none",
+            f"model={model}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.precision=32",
+            f"paths.output_dir={tmp_path}",
+        ],
+    )
+    _, _, trainer = build(cfg)
+    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters", False) is expected
