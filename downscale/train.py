@@ -110,6 +110,14 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
         # Lightning refuses automatic clipping with manual optimization: the model clips itself
         model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
         trainer_kwargs["gradient_clip_val"] = None
+    strategy = cfg.trainer.get("strategy")
+    if (
+        getattr(model, "ddp_find_unused_parameters", False)
+        and isinstance(strategy, DictConfig)
+        and str(strategy.get("_target_", "")).endswith("DDPStrategy")
+    ):
+        # GAN steps (D or G alone) and the residual model's stages leave parameters without gradients
+        trainer_kwargs["strategy"] = instantiate(strategy, find_unused_parameters=True)
     trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, **trainer_kwargs
     )
