@@ -329,3 +329,50 @@ def test_non_finite_model_output_is_refused_before_writing(tmp_path, datamodule)
     with pytest.raises(UserError, match="non-finite values for time index 3"):
         write_samples(NaNGenerator(), datamodule, None, req, batch_size=12, progress=False)
     assert not req.out.exists()
+
+
+class LocalModel(GaussianModel):
+    """Exact Gaussian denoiser around a 3 x 3 mean of the cond (a local operator of radius 1);
+    records the largest batch its denoiser sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def denoise(self, x, sigma, cond):
+        self.largest = max(self.largest, x.shape[0])
+        mean = torch.nn.functional.avg_pool2d(cond[:, :1], 3, stride=1, padding=1)
+        return super().denoise(x, sigma, torch.cat([mean, cond[:, 1:]], 1))
+
+
+def test_tiled_sampling_covers_the_domain_and_equals_untiled_for_a_local_denoiser(
+    tmp_path, datamodule
+):
+    from functools import partial
+
+    from downscale.sampling.tiling import TiledDenoiser
+
+    plain = write_samples(
+        LocalModel(),
+        datamodule,
+        sampler(),
+        request(tmp_path, datamodule, "plain.zarr"),
+        batch_size=12,
+        progress=False,
+    )
+    model = LocalModel()
+    run = sampler()
+    # 16 x 16 domain, 8 px tiles: 3 x 3 tiles; halo 1 >= the operator's radius -> exact
+    run.wrap = partial(TiledDenoiser, tile=8, overlap=4, halo=1, max_batch=5)
+    tiled = write_samples(
+        model,
+        datamodule,
+        run,
+        request(tmp_path, datamodule, "tiled.zarr"),
+        batch_size=12,
+        progress=False,
+    )
+    ds = xr.open_zarr(tiled["path"], consolidated=False)
+    assert ds.precip.shape[-2:] == datamodule.ds.precip.shape[-2:] == (16, 16)
+    assert model.largest == 5  # bounded by max_batch: never the 12 x 9 tiles of a whole batch
+    np.testing.assert_allclose(read(tiled["path"]), read(plain["path"]), rtol=1e-5, atol=1e-6)
