@@ -1,0 +1,197 @@
+"""Sample quality against cost: CRPS and RALSD versus NFE per sampler, for a model trained here.
+
+1. Trains a tiny EDM diffusion model (``net=tiny``) on the synthetic store for ``--epochs`` epochs
+   on CPU (the same ``downscale.train.run`` as the command line).
+2. Samples the test split with ``--members`` members for every sampler x steps setting (the shipped
+   ``conf/sampler`` settings and ``schedule=karras``), with the same seed, through the ensemble driver.
+3. Scores each store (CRPS, RALSD: ``downscale.evaluation.metrics``) against the observations.
+
+The reference is the best CRPS among the ~200-NFE runs (``heun`` and ``dpm2_heun`` at 100 steps,
+199 NFE). For each sampler the table reports the fewest NFE whose CRPS is within 1% of it
+(``crps <= 1.01 reference``). Goal: 10 NFE or fewer with the best sampler; ``ratio`` = that NFE / 10.
+Run with ``OMP_NUM_THREADS=1``::
+
+    OMP_NUM_THREADS=1 python bench/nfe_quality.py
+
+Writes ``bench/results/nfe_quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOAL_NFE = 10
+TOLERANCE = 0.01
+# steps per sampler, chosen so NFE covers ~2..40 (1 NFE/step: steps; 2 NFE/step: 2 steps - 1)
+ONE_NFE = [2, 3, 4, 5, 6, 8, 10, 13, 20, 40]
+TWO_NFE = [2, 3, 4, 5, 6, 8, 10, 20]
+SWEEP = {
+    "euler": ONE_NFE,
+    "dpmpp_2m": ONE_NFE,
+    "dpmpp_2m_sde": ONE_NFE,
+    "heun": TWO_NFE,
+    "dpm2": TWO_NFE,
+    "dpm2_heun": TWO_NFE,
+}
+REFERENCE = ["heun", "dpm2_heun"]  # at --ref-steps 100: 199 NFE each
+
+
+def compose(name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "conf"), job_name="bench"):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+def train_model(work: Path, args: argparse.Namespace) -> Path:
+    from downscale import train
+
+    cfg = compose(
+        "train",
+        [
+            f"paths.output_dir={work / 'train'}",
+            f"paths.cache_dir={work / 'cache'}",
+            "net=tiny",
+            f"data.store.n_days={args.days}",
+            f"data.store.size={args.size}",
+            "data.train_dataset.patch_size=16",
+            # a larger test split than the default 10%, for a less noisy CRPS
+            "data.splits.train=[0.0,0.7]",
+            "data.splits.val=[0.7,0.75]",
+            "data.splits.test=[0.75,1.0]",
+            "data.batch_size=16",
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.accelerator=cpu",
+            "logger=csv",
+            "callbacks=none",
+            "model.ema.decay=0.99",
+            "seed=0",
+        ],
+    )
+    return Path(train.run(cfg)["run_dir"])
+
+
+def score(path: Path, datamodule, times: np.ndarray) -> dict[str, float]:
+    from downscale.evaluation.metrics.pixel import crps_ensemble
+    from downscale.evaluation.metrics.spectral import ralsd
+
+    samples = xr.open_zarr(path, consolidated=False).precip.load()
+    obs = datamodule.ds.precip.isel(time=times).load()
+    mask = xr.DataArray(datamodule.fields.mask, dims=obs.dims[-2:])
+    return {
+        "crps": float(crps_ensemble(samples, obs, mask)),
+        "ralsd": float(ralsd(samples, obs, mask)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--days", type=int, default=256)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--samplers", nargs="*", default=list(SWEEP))
+    parser.add_argument("--ref-steps", type=int, default=100, help="steps of the reference runs")
+    parser.add_argument("--max-steps", type=int, default=40, help="skip sweep settings above this")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    import torch
+
+    from downscale import sample
+    from downscale.sampling.driver import SampleRequest, write_samples
+    from downscale.utils.atomic import write_text
+    from downscale.utils.checkpoint import find_checkpoint, load_checkpoint, load_model
+
+    torch.manual_seed(0)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        run_dir = train_model(work, args)
+        train_seconds = time.perf_counter() - started
+        print(f"trained {args.epochs} epochs in {train_seconds:.0f} s")
+        ckpt = find_checkpoint(str(run_dir), None)
+        checkpoint = load_checkpoint(ckpt)
+        model = load_model(checkpoint, ckpt)
+        datamodule = sample.build_datamodule(checkpoint, None)
+        times = datamodule.split_indices["test"]
+        settings = [(s, n, False) for s in args.samplers for n in SWEEP[s] if n <= args.max_steps]
+        settings += [(s, args.ref_steps, True) for s in REFERENCE]
+        for name, steps, is_ref in settings:
+            cfg = compose("sample", [f"sampler={name}", f"sampler.steps={steps}"])
+            run = sample.build_sampler(cfg)
+            request = SampleRequest(
+                out=work / f"{name}-{steps}.zarr",
+                times=times,
+                n_members=args.members,
+                seed=0,
+                block_size=len(times),
+                attrs={"sampler": name, "steps": steps},
+            )
+            t0 = time.perf_counter()
+            out = write_samples(model, datamodule, run, request, batch_size=32, progress=False)
+            row = {"sampler": name, "steps": steps, "nfe": int(out["nfe"]), "reference": is_ref}
+            row.update(score(out["path"], datamodule, times))
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(
+                f"{name:>14} steps {steps:>3} NFE {row['nfe']:>3} CRPS {row['crps']:.5f} "
+                f"RALSD {row['ralsd']:.3f} ({row['seconds']:.1f} s)",
+                flush=True,
+            )
+    reference = min(r["crps"] for r in rows if r["reference"])
+    best: dict[str, int | None] = {}
+    for name in args.samplers:
+        ok = [
+            r["nfe"]
+            for r in rows
+            if r["sampler"] == name and r["crps"] <= (1 + TOLERANCE) * reference
+        ]
+        best[name] = min(ok) if ok else None
+    reached = [v for v in best.values() if v is not None]
+    best_nfe = min(reached) if reached else None
+    print(f"\nreference CRPS (best at 199 NFE) {reference:.5f}; within {TOLERANCE:.0%}:")
+    print("| sampler | fewest NFE within 1% of the 200-NFE CRPS |")
+    print("| --- | ---: |")
+    for name, v in best.items():
+        print(f"| `{name}` | {v if v is not None else '> 40'} |")
+    print(f"\nbest: {best_nfe} NFE (goal <= {GOAL_NFE})")
+    result = {
+        "commit": commit,
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "settings": vars(args),
+        "train_seconds": train_seconds,
+        "test_days": int(len(times)),
+        "reference_crps": reference,
+        "tolerance": TOLERANCE,
+        "fewest_nfe_within_tolerance": best,
+        "best_nfe": best_nfe,
+        "rows": rows,
+        "baseline": [r for r in rows if r["reference"]],
+        "ratio": best_nfe / GOAL_NFE if best_nfe is not None else None,
+        "goal": 1.0,
+    }
+    write_text(ROOT / "bench/results/nfe_quality.json", json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
