@@ -6,6 +6,8 @@ block by block into ``samples.zarr`` (resumable), then evaluates it unless ``eva
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import warnings
 from dataclasses import dataclass
@@ -36,8 +38,27 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
         isinstance(steps, int) and steps >= 1, f"sampler.steps must be an integer >= 1, got {steps}"
     )
     sigmas = instantiate(cfg.schedule)(steps)
+    fn = instantiate(sampler_cfg)
+    _check_arguments(fn, "sampler")
     wrap = instantiate(cfg.tiling) if cfg.get("tiling") else None
-    return SamplerRun(fn=instantiate(sampler_cfg), sigmas=sigmas, wrap=wrap)
+    if wrap is not None:
+        wrap(lambda x, sigma, cond: x)  # the constructor checks tile, overlap, halo and max_batch
+    return SamplerRun(fn=fn, sigmas=sigmas, wrap=wrap)
+
+
+def _check_arguments(fn: Any, group: str) -> None:
+    """A sampler's config keys must be arguments of its function (a typo fails now, not mid-run)."""
+    if not isinstance(fn, functools.partial):
+        return
+    params = inspect.signature(fn.func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(fn.keywords) - set(params))
+    require(
+        not unknown,
+        f"{group} {fn.func.__name__} has no argument(s) {', '.join(unknown)}; "
+        f"use one of {', '.join(k for k in params if k not in ('denoiser', 'x', 'sigmas'))}",
+    )
 
 
 def build_datamodule(checkpoint: dict[str, Any], overrides: DictConfig | None) -> Any:
@@ -63,8 +84,20 @@ class SampleJob:
     request: SampleRequest
 
 
+def check_options(cfg: DictConfig) -> SamplerRun | None:
+    """Check the sampling options that need no checkpoint; return the sampler they build."""
+    for key in ("n_members", "block_size", "batch_size", "devices"):
+        value = cfg.get(key, 1)
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{key} must be an integer >= 1, got {value!r}; set {key}=1 or more",
+        )
+    return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
+
+
 def prepare(cfg: DictConfig) -> SampleJob:
     """Load the checkpoint, build the data, the sampler and the request; check the user's options."""
+    sampler = check_options(cfg)
     ckpt_path = find_checkpoint(cfg.get("run_dir"), cfg.get("ckpt"))
     checkpoint = load_checkpoint(ckpt_path)
     model = load_model(checkpoint, ckpt_path)
@@ -74,16 +107,14 @@ def prepare(cfg: DictConfig) -> SampleJob:
         f"split={cfg.split} is not defined by the data config; use one of {list(datamodule.split_indices)}",
     )
     n_members = int(cfg.n_members)
-    require(
-        n_members >= 1, f"n_members must be at least 1, got {n_members}; use n_members=1 or more"
-    )
     if not getattr(model, "stochastic", True) and n_members > 1:
         warnings.warn(
             f"{type(model).__name__} is deterministic: drawing 1 member instead of {n_members}",
             stacklevel=1,
         )
         n_members = 1
-    sampler = build_sampler(cfg) if getattr(model, "needs_sampler", True) else None
+    if not getattr(model, "needs_sampler", True):
+        sampler = None
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -108,8 +139,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (and evaluate); returns the samples path, NFE, wall time and metrics if evaluated."""
     job = prepare(cfg)
-    devices = int(cfg.get("devices") or 1)
-    require(devices >= 1, f"devices must be at least 1, got {devices}")
+    devices = int(cfg.get("devices", 1))
     if devices == 1:
         result = write_samples(
             job.model,

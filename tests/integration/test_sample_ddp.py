@@ -1,4 +1,5 @@
-"""Multi-process sampling: 2 CPU processes (Lightning Fabric, gloo) write the same store as 1."""
+"""Multi-process sampling: 2 CPU processes (Lightning Fabric, gloo) write the same store as 1;
+a deterministic model asked for several members draws one, with a warning."""
 
 from __future__ import annotations
 
@@ -65,3 +66,23 @@ def test_two_processes_write_the_store_of_one(run_dir):
     assert one["blocks_computed"] == two["blocks_computed"] == n_blocks
     assert two["nfe"] == one["nfe"] == 3
     assert not (two["path"].parent / "samples.zarr.partial").exists()
+
+
+def test_deterministic_model_draws_one_member_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOWNSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose_config(
+        "train",
+        [
+            *TINY_DATA,
+            "model=regression",
+            f"paths.output_dir={tmp_path / 'train'}",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "callbacks=none",
+        ],
+    )
+    run = train.run(cfg)["run_dir"]
+    with pytest.warns(UserWarning, match="deterministic: drawing 1 member instead of 5"):
+        out = sample.run(sample_cfg(tmp_path, run, "regression", "n_members=5"))
+    ds = xr.open_zarr(out["path"], consolidated=False)
+    assert ds.sizes["member"] == 1 and out["nfe"] == 1 and ds.attrs["sampler"] == "none"
