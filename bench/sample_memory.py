@@ -5,7 +5,8 @@ so the data module holds no arrays in memory), a cheap analytic model (the exact
 Gaussian data around the conditioning, so the network costs nothing and only the driver's memory
 shows), the Euler sampler, and ``write_samples`` over all days in blocks. A thread polls the RSS
 (psutil) every 5 ms during ``write_samples``; ``growth`` = peak RSS during sampling - RSS just
-before. Goal: ``ratio`` = peak(1,000 days) / peak(100 days) close to 1 (<= 1.05)::
+before. The stores are generated beforehand in the parent process and the scalers are fitted on
+the same 50 days for both sizes, so the processes differ only in the number of days sampled. Goal: ``ratio`` = peak(1,000 days) / peak(100 days) close to 1 (<= 1.05)::
 
     OMP_NUM_THREADS=1 python bench/sample_memory.py
 
@@ -60,7 +61,8 @@ def measure(n_days: int, size: int, members: int, block: int, batch: int, workdi
         ["precip"],
         ["precip", "humidity"],
         {"precip": LogScaler(), "coarse_precip": LogScaler(), "coarse_humidity": ZScaler()},
-        {"train": [0.0, 1.0], "test": [0.0, 1.0]},
+        # scalers fitted on the same first 50 days for every size: only sampling differs
+        {"train": [0.0, 50 / n_days], "test": [0.0, 1.0]},
         in_memory_limit_gb=0.0,
     )
     dm.prepare()
@@ -120,6 +122,10 @@ def main() -> None:
     ).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        from downscale.data.synthetic import synthetic_store
+
+        for n in args.days:  # stores generated here, so the measured processes only open them
+            synthetic_store(Path(tmp) / "cache", n_days=n, size=args.size, factor=4)
         for n in args.days:
             cmd = [sys.executable, __file__, "--child", str(n), "--workdir", tmp]
             cmd += ["--size", str(args.size), "--members", str(args.members)]
