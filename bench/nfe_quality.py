@@ -114,6 +114,15 @@ def converged_nfe(rows: list[dict], reference: float) -> int | None:
     return None
 
 
+def cell(row: dict, reference: float) -> str:
+    """``CRPS change vs the reference / RALSD``; "diverged" beyond +1000% (the exp of an overshoot
+    in log-scaled units)."""
+    change = row["crps"] / reference - 1
+    if not change < 10:
+        return "diverged"
+    return f"{change:+.1%} / {row['ralsd']:.2f}"
+
+
 def summarise(rows: list[dict], samplers: list[str]) -> dict:
     """Per sampler the converged NFE; print the table; the top-level figures of the result."""
     reference = min(r["crps"] for r in rows if r["reference"])
@@ -130,12 +139,7 @@ def summarise(rows: list[dict], samplers: list[str]) -> dict:
     print("| --- |" + " ---: |" * (len(nfes) + 1))
     for name in samplers:
         by_nfe = {r["nfe"]: r for r in rows if r["sampler"] == name and not r["reference"]}
-        cells = [
-            f"{by_nfe[n]['crps'] / reference - 1:+.1%} / {by_nfe[n]['ralsd']:.2f}"
-            if n in by_nfe
-            else ""
-            for n in nfes
-        ]
+        cells = [cell(by_nfe[n], reference) if n in by_nfe else "" for n in nfes]
         print(f"| `{name}` | " + " | ".join(cells) + f" | {best[name] or '-'} |")
     reached = [v for v in best.values() if v is not None]
     best_nfe = min(reached) if reached else None

@@ -17,7 +17,7 @@ CASES = [
     (["block_size=0"], "block_size must be an integer >= 1"),
     (["devices=0"], "devices must be an integer >= 1"),
     (["tiling=default", "tiling.halo=20"], "tiling halo must satisfy"),
-    (["+sampler.s_chrun=3"], "sample_heun has no argument(s) s_chrun"),
+    (["+sampler.s_chrun=3"], "has no argument(s) s_chrun"),
 ]
 
 
