@@ -93,6 +93,7 @@ def main() -> None:
         "--out", type=Path, default=ROOT / "bench" / "results" / "sampler_overhead.json"
     )
     args = ap.parse_args()
+    commit = git_commit()  # the code measured (read before the run)
 
     torch.manual_seed(0)
     net = conv_net(2, args.width)
@@ -141,6 +142,9 @@ def main() -> None:
 
     baseline(20)  # warm-up
     fwd = min(baseline(1)[0] for _ in range(50))
+    # control: the same paired statistic for the baseline against itself (the noise floor)
+    aa = statistics.median(baseline(20)[0] / baseline(20)[0] for _ in range(args.repeats))
+    print(f"control: baseline / baseline paired median {aa:.3f}")
     results = {}
     print(f"forward {fwd * 1e3:.2f} ms  batch {args.batch} x 1 x {args.size}^2, {args.steps} steps")
     print(
@@ -179,7 +183,7 @@ def main() -> None:
     print(f"worst ratio {worst:.3f}, worst isolated ratio {isolated:.4f} (goal <= {GOAL})")
     record = {
         "command": "OMP_NUM_THREADS=1 python bench/sampler_overhead.py",
-        "commit": git_commit(),
+        "commit": commit,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -188,6 +192,7 @@ def main() -> None:
         "samplers": results,
         "baseline": "NFE plain denoiser calls on the same batch, timed alternately",
         "statistic": "ratio: median over repeats of paired thread-CPU-time ratios; times: minima",
+        "control_baseline_over_baseline": round(aa, 4),
         "ratio": worst,
         "ratio_isolated": isolated,
         "ratio_isolated_definition": "1 + own_ms / baseline_ms, own_ms = sampler time with a "

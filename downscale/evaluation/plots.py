@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -126,6 +127,8 @@ def spectra(ctx: FigureContext, path: Path, *, threshold: float = 0.02) -> None:
         wavelength = size / psd[spectral.WAVENUMBER].values * (dx or 1.0)
         ax.loglog(wavelength, psd.values, label=name, lw=2 if name in ("truth", ctx.name) else 1)
     ax.invert_xaxis()
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("wavelength [km]" if dx else "wavelength [px]")
     ax.set_ylabel("PSD")
     ax.legend(fontsize=7)

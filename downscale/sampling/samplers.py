@@ -5,23 +5,18 @@ Every sampler has one signature (after k-diffusion, Crowson 2022)::
     sample_<name>(denoiser, x, sigmas, *, cond, generator=None, callback=None, **params) -> x0
 
 ``denoiser(x, sigma, cond) -> x0_hat`` is the EDM denoiser D(x; sigma) with ``sigma`` a ``(B,)``
-tensor;
-``x`` is the initial noise already multiplied by ``sigmas[0]``; ``sigmas`` is a decreasing schedule
-ending
-in 0 (:mod:`downscale.sampling.schedules`). The ODE is ``dx/dsigma = (x - D(x; sigma)) / sigma``
-(Karras et al. 2022, eq. 1 with sigma(t) = t, s(t) = 1). ``generator`` is ``None``, a
-``torch.Generator`` or a list with one generator per batch element (noise is then drawn per
-element, so
-a member's draw does not depend on how the members were batched). ``callback`` receives
-``{x, i, sigma, sigma_hat, denoised}`` once per step. Scalar step sizes are computed on the host
-from
-``sigmas.tolist()`` (one transfer per call), so the loop adds no device synchronisations, except the
-non-finite check, which is deferred to the end of sampling on accelerators (see
-:class:`_FiniteGuard`)
-and the error estimate of the adaptive sampler.
+tensor; ``x`` is the initial noise already multiplied by ``sigmas[0]``; ``sigmas`` is a decreasing
+schedule ending in 0 (:mod:`downscale.sampling.schedules`). The ODE is ``dx/dsigma = (x - D(x;
+sigma)) / sigma`` (Karras et al. 2022, eq. 1 with sigma(t) = t, s(t) = 1). ``generator`` is
+``None``, a ``torch.Generator`` or a list with one generator per batch element (noise is then drawn
+per element, so a member's draw does not depend on how the members were batched). ``callback``
+receives ``{x, i, sigma, sigma_hat, denoised}`` once per step. Scalar step sizes are computed on the
+host from ``sigmas.tolist()`` (one transfer per call), so the loop adds no device synchronisations,
+except the non-finite check, which is deferred to the end of sampling on accelerators (see
+:class:`_FiniteGuard`) and the error estimate of the adaptive sampler.
 
-NFE per step: euler, euler_ancestral, lms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde: 1;
-heun, dpm2, dpm2_heun, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde: 2 (1 on the last step, to 0);
+NFE per step: euler, euler_ancestral, lms, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m_sde: 1; heun, dpm2,
+dpm2_heun, dpm2_ancestral, dpmpp_2s_ancestral, dpmpp_sde: 2 (1 on the last step, to 0);
 dpm_adaptive: 2 or 3 per attempted step, chosen by the error controller.
 """
 
@@ -71,8 +66,7 @@ class SamplingError(UserError):
 
 
 def append_dims(t: Tensor, ndim: int) -> Tensor:
-    """Append trailing singleton dims to ``t`` until it has ``ndim`` dims (for broadcasting over
-    x)."""
+    """Append trailing singleton dims to ``t`` until it has ``ndim`` dims (to broadcast over x)."""
     extra = ndim - t.ndim
     if extra < 0:
         raise ValueError(f"tensor has {t.ndim} dims, more than the target {ndim}")
@@ -94,8 +88,7 @@ def randn_like(x: Tensor, generator: Generator = None) -> Tensor:
     """Standard normal noise shaped like ``x``.
 
     ``generator`` is None (global RNG), one ``torch.Generator``, or a list of generators, one per
-    batch
-    element, each drawing that element's noise (so results do not depend on batching).
+    batch element, each drawing that element's noise (so results do not depend on batching).
     """
     if generator is None:
         return torch.randn_like(x)
@@ -130,11 +123,13 @@ def _host_sigmas(sigmas: Tensor | Sequence[float]) -> list[float]:
 
 
 class _Model:
-    """Calls the denoiser with a ``(B,)`` sigma tensor made from a host float."""
+    """Calls the denoiser with a ``(B,)`` sigma tensor made from a host float (in x's dtype, at
+    least float32, so that half-precision samples still pass exact noise levels)."""
 
     def __init__(self, denoiser: Denoiser, x: Tensor, cond: Any) -> None:
         self.denoiser, self.cond = denoiser, cond
-        self.batch, self.dtype, self.device = x.shape[0], x.dtype, x.device
+        self.batch, self.device = x.shape[0], x.device
+        self.dtype = torch.promote_types(x.dtype, torch.float32)
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         s = torch.full((self.batch,), sigma, dtype=self.dtype, device=self.device)
@@ -145,11 +140,9 @@ class _FiniteGuard:
     """Detects non-finite samples and raises :class:`SamplingError` naming the first bad step.
 
     The test is one reduction per step: the sum of ``x`` (in at least float32) is finite exactly
-    when
-    every element is (barring a sum beyond 3e38). On CPU it is read at once (no synchronisation
+    when every element is (barring a sum beyond 3e38). On CPU it is read at once (no synchronisation
     cost there); on accelerators the per-step sums are stored on the device and read once at the
-    end,
-    so the sampling loop never stalls.
+    end, so the sampling loop never stalls.
     """
 
     def __init__(self, x: Tensor, n_steps: int, sigmas: Sequence[float], name: str) -> None:
@@ -212,10 +205,9 @@ def _add_churn(
 
 def _ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
     """Split the step ``sigma_from -> sigma_to`` into a deterministic step down to ``sigma_down``
-    and fresh
-    noise of std ``sigma_up`` (``sigma_down^2 + sigma_up^2 = sigma_to^2``), as in DDPM ancestral
-    sampling
-    (Ho et al. 2020) written for the VE process; ``eta`` scales the noise (0: deterministic)."""
+    and fresh noise of std ``sigma_up`` (``sigma_down^2 + sigma_up^2 = sigma_to^2``), as in DDPM
+    ancestral sampling (Ho et al. 2020) written for the VE process; ``eta`` scales the noise (0:
+    deterministic)."""
     if not eta or sigma_to == 0:
         return sigma_to, 0.0
     up = eta * math.sqrt(sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2)
@@ -280,9 +272,9 @@ def sample_heun(
 ) -> Tensor:
     """EDM stochastic sampler, Karras et al. (2022) Algorithm 2 (Heun's 2nd-order correction).
 
-    ``x' = x_hat + h d_i``; ``x_{i+1} = x_hat + h (d_i + d(x', sigma_{i+1})) / 2`` with
-    ``h = sigma_{i+1} - sigma_hat``; the last step (to sigma = 0) is Euler. 2 NFE per step.
-    ``s_churn = 0`` gives the deterministic Algorithm 1.
+    ``x' = x_hat + h d_i``; ``x_{i+1} = x_hat + h (d_i + d(x', sigma_{i+1})) / 2`` with ``h =
+    sigma_{i+1} - sigma_hat``; the last step (to sigma = 0) is Euler. 2 NFE per step. ``s_churn =
+    0`` gives the deterministic Algorithm 1.
     """
     s = _host_sigmas(sigmas)
     n, model = len(s) - 1, _Model(denoiser, x, cond)
@@ -310,10 +302,8 @@ def _dpm2_step(model: _Model, x: Tensor, d: Tensor, sigma: float, sigma_next: fl
 
     Evaluates D at the geometric midpoint ``sigma_mid = exp((log sigma + log sigma_next) / 2)`` (the
     midpoint in lambda = -log sigma), reached by an Euler step, and takes the full step with the
-    midpoint
-    derivative. In these variables DPM-Solver's exponential-integrator updates reduce exactly to
-    these
-    Euler-form updates. The step to sigma_next = 0 is Euler.
+    midpoint derivative. In these variables DPM-Solver's exponential-integrator updates reduce
+    exactly to these Euler-form updates. The step to sigma_next = 0 is Euler.
     """
     if sigma_next == 0:
         return torch.add(x, d, alpha=sigma_next - sigma)  # Euler
@@ -340,11 +330,9 @@ def sample_dpm2_heun(
     """DPM-Solver-2 midpoint steps inside the EDM stochastic sampler (Karras et al. 2022, Alg. 2).
 
     The reference system's best sampler (its "Heun dpm2"; k-diffusion's ``sample_dpm_2``): per step,
-    churn ``gamma = min(s_churn / N, sqrt(2) - 1)`` if ``s_tmin <= sigma_i <= s_tmax``,
-    ``sigma_hat = sigma_i (1 + gamma)``, ``x_hat = x + s_noise sqrt(sigma_hat^2 - sigma_i^2) eps``,
-    then
-    one DPM-Solver-2 step from sigma_hat to sigma_{i+1} (:func:`_dpm2_step`). 2 NFE per step, 1 on
-    the
+    churn ``gamma = min(s_churn / N, sqrt(2) - 1)`` if ``s_tmin <= sigma_i <= s_tmax``, ``sigma_hat
+    = sigma_i (1 + gamma)``, ``x_hat = x + s_noise sqrt(sigma_hat^2 - sigma_i^2) eps``, then one
+    DPM-Solver-2 step from sigma_hat to sigma_{i+1} (:func:`_dpm2_step`). 2 NFE per step, 1 on the
     last (Euler to 0).
     """
     s = _host_sigmas(sigmas)
@@ -372,8 +360,7 @@ def sample_dpm2(
     callback: Callback = None,
 ) -> Tensor:
     """Deterministic DPM-Solver-2 (Lu et al. 2022, Alg. 1, r1 = 1/2): :func:`sample_dpm2_heun`
-    without
-    churn. 2 NFE per step, 1 on the last (Euler to 0)."""
+    without churn. 2 NFE per step, 1 on the last (Euler to 0)."""
     return sample_dpm2_heun(
         denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, s_churn=0.0
     )
@@ -425,9 +412,8 @@ def sample_dpm2_ancestral(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """Ancestral sampling with DPM-Solver-2 steps to ``sigma_down`` (:func:`_dpm2_step`), then
-    noise of
-    std ``sigma_up``. 2 NFE per step, 1 on the last."""
+    """Ancestral sampling with DPM-Solver-2 steps to ``sigma_down`` (:func:`_dpm2_step`), then noise
+    of std ``sigma_up``. 2 NFE per step, 1 on the last."""
     s = _host_sigmas(sigmas)
     n, model = len(s) - 1, _Model(denoiser, x, cond)
     guard = _FiniteGuard(x, n, s, "dpm2_ancestral")
@@ -453,10 +439,10 @@ _GL_WEIGHTS = (5.0 / 9.0, 8.0 / 9.0, 5.0 / 9.0)
 
 
 def _lms_coefficients(s: Sequence[float], i: int, order: int) -> list[float]:
-    """Adams-Bashforth weights for step i on the non-uniform grid ``s``:
-    ``c_j = int_{s_i}^{s_{i+1}} l_j(tau) dtau`` with ``l_j`` the Lagrange basis polynomial on the
-    nodes ``s_i, s_{i-1}, ..., s_{i-order+1}``. The integrands have degree <= 3, so a 3-point
-    Gauss-Legendre rule integrates them exactly (k-diffusion uses adaptive quadrature instead)."""
+    """Adams-Bashforth weights for step i on the non-uniform grid ``s``: ``c_j = int_{s_i}^{s_{i+1}}
+    l_j(tau) dtau`` with ``l_j`` the Lagrange basis polynomial on the nodes ``s_i, s_{i-1}, ...,
+    s_{i-order+1}``. The integrands have degree <= 3, so a 3-point Gauss-Legendre rule integrates
+    them exactly (k-diffusion uses adaptive quadrature instead)."""
     if order > 4:
         raise UserError(f"lms order must be 1..4, got {order}; set sampler.order")
     nodes = [s[i - k] for k in range(order)]
@@ -487,8 +473,8 @@ def sample_lms(
     order: int = 4,
 ) -> Tensor:
     """Linear multistep (Adams-Bashforth) on the ODE in sigma, order up to ``order`` (the first
-    steps
-    use lower orders as history accumulates); as k-diffusion's ``sample_lms``. 1 NFE per step."""
+    steps use lower orders as history accumulates); as k-diffusion's ``sample_lms``. 1 NFE per step.
+    """
     if not 1 <= order <= 4:
         raise UserError(f"lms order must be 1..4, got {order}; set sampler.order")
     s = _host_sigmas(sigmas)
@@ -526,8 +512,8 @@ def sample_dpmpp_2s_ancestral(
     """Ancestral DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1, r = 1/2) to ``sigma_down``, then noise.
 
     With ``h = lambda_down - lambda_i``: ``u = (sigma_s / sigma_i) x - expm1(-h/2) D_i`` at the
-    midpoint
-    ``sigma_s``, then ``x = (sigma_down / sigma_i) x - expm1(-h) D(u, sigma_s)``. 2 NFE/step.
+    midpoint ``sigma_s``, then ``x = (sigma_down / sigma_i) x - expm1(-h) D(u, sigma_s)``. 2
+    NFE/step.
     """
     s = _host_sigmas(sigmas)
     n, model = len(s) - 1, _Model(denoiser, x, cond)
@@ -566,13 +552,11 @@ def sample_dpmpp_sde(
     """Stochastic DPM-Solver++ (2nd order, single step; k-diffusion's ``sample_dpmpp_sde``).
 
     Stage 1 takes an ancestral DPM-Solver++(1) step to the intermediate ``sigma_s = sigma_i e^{-r
-    h}``;
-    stage 2 steps from sigma_i with ``D_d = (1 - 1/(2r)) D_i + 1/(2r) D(u, sigma_s)``. k-diffusion
-    draws
-    both stages' noise from one Brownian path (torchsde); here the two normalised increments of one
-    Brownian path over ``[sigma_s, sigma_i]`` and ``[sigma_{i+1}, sigma_i]`` are drawn exactly (two
-    normals
-    per step, correlated as the path requires), so no Brownian tree is needed. 2 NFE per step.
+    h}``; stage 2 steps from sigma_i with ``D_d = (1 - 1/(2r)) D_i + 1/(2r) D(u, sigma_s)``.
+    k-diffusion draws both stages' noise from one Brownian path (torchsde); here the two normalised
+    increments of one Brownian path over ``[sigma_s, sigma_i]`` and ``[sigma_{i+1}, sigma_i]`` are
+    drawn exactly (two normals per step, correlated as the path requires), so no Brownian tree is
+    needed. 2 NFE per step.
     """
     if not 0 < r <= 1:
         raise UserError(f"dpmpp_sde needs 0 < r <= 1, got r={r}; set sampler.r (default 0.5)")
@@ -624,10 +608,8 @@ def sample_dpmpp_2m(
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): a second-order multistep method, 1 NFE per step.
 
     ``x_{i+1} = (sigma_{i+1} / sigma_i) x_i - expm1(-h_i) D_d`` with ``h_i = lambda_{i+1} -
-    lambda_i``,
-    ``r_i = h_{i-1} / h_i`` and ``D_d = (1 + 1/(2 r_i)) D_i - 1/(2 r_i) D_{i-1}`` (``D_d = D_i`` on
-    the
-    first step and on the last step, to 0).
+    lambda_i``, ``r_i = h_{i-1} / h_i`` and ``D_d = (1 + 1/(2 r_i)) D_i - 1/(2 r_i) D_{i-1}`` (``D_d
+    = D_i`` on the first step and on the last step, to 0).
     """
     s = _host_sigmas(sigmas)
     n, model = len(s) - 1, _Model(denoiser, x, cond)
@@ -668,12 +650,10 @@ def sample_dpmpp_2m_sde(
 ) -> Tensor:
     """DPM-Solver++(2M) SDE (Lu et al. 2022b, SDE variant; k-diffusion's ``sample_dpmpp_2m_sde``).
 
-    With ``h = lambda_{i+1} - lambda_i`` and ``eta h`` extra decay:
-    ``x = (sigma_{i+1}/sigma_i) e^{-eta h} x + (1 - e^{-(1+eta) h}) D_i + correction
-    + sigma_{i+1} sqrt(1 - e^{-2 eta h}) s_noise z``, where the correction uses ``D_i - D_{i-1}``
-    with
-    the ``midpoint`` or ``heun`` weights. 1 NFE per step; ``eta = 0`` is the deterministic 2M ODE
-    solver.
+    With ``h = lambda_{i+1} - lambda_i`` and ``eta h`` extra decay: ``x = (sigma_{i+1}/sigma_i)
+    e^{-eta h} x + (1 - e^{-(1+eta) h}) D_i + correction + sigma_{i+1} sqrt(1 - e^{-2 eta h})
+    s_noise z``, where the correction uses ``D_i - D_{i-1}`` with the ``midpoint`` or ``heun``
+    weights. 1 NFE per step; ``eta = 0`` is the deterministic 2M ODE solver.
     """
     if solver_type not in ("midpoint", "heun"):
         raise UserError(
@@ -715,13 +695,12 @@ def sample_dpmpp_2m_sde(
 
 def _dpmpp_3m_weights(h: float, h_eta: float, h_1: float, h_2: float, history: int) -> np.ndarray:
     """Weights of ``(D_i, D_{i-1}, D_{i-2})`` in the DPM-Solver++(3M) update (Lu et al. 2022b, App.
-    B): ``(1 - e^{-h_eta}) D_i + phi_2 D1 - phi_3 D2`` with the divided differences
-    ``D1_0 = (D_i - D_{i-1}) / r0``, ``D1_1 = (D_{i-1} - D_{i-2}) / r1``,
-    ``D1 = D1_0 + (D1_0 - D1_1) r0 / (r0 + r1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``,
-    ``r0 = h_{i-1} / h``, ``r1 = h_{i-2} / h``. The update is linear in the D's, so the formulas are
-    evaluated on their coefficient vectors (unit vectors below) and the tensors combined in one
-    pass.
-    With one past output it is the 2M update, with none DPM-Solver++(1)."""
+    B): ``(1 - e^{-h_eta}) D_i + phi_2 D1 - phi_3 D2`` with the divided differences ``D1_0 = (D_i -
+    D_{i-1}) / r0``, ``D1_1 = (D_{i-1} - D_{i-2}) / r1``, ``D1 = D1_0 + (D1_0 - D1_1) r0 / (r0 +
+    r1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``, ``r0 = h_{i-1} / h``, ``r1 = h_{i-2} / h``. The
+    update is linear in the D's, so the formulas are evaluated on their coefficient vectors (unit
+    vectors below) and the tensors combined in one pass. With one past output it is the 2M update,
+    with none DPM-Solver++(1)."""
     D0, D1_, D2_ = np.eye(3)
     w = -math.expm1(-h_eta) * D0
     phi_2 = math.expm1(-h_eta) / h_eta + 1.0
@@ -750,8 +729,8 @@ def sample_dpmpp_3m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``): third-order multistep in
-    lambda = -log sigma (Lu et al. 2022b), with SDE noise.
+    """DPM-Solver++(3M) SDE (k-diffusion's ``sample_dpmpp_3m_sde``): third-order multistep in lambda
+    = -log sigma (Lu et al. 2022b), with SDE noise.
 
     With ``h_eta = (1 + eta) h``: ``x = e^{-h_eta} x + (1 - e^{-h_eta}) D_i + phi_2 D1 - phi_3 D2``,
     where ``phi_2 = expm1(-h_eta) / h_eta + 1`` and ``phi_3 = phi_2 / h_eta - 1/2`` are the
@@ -820,9 +799,8 @@ class _PIDController:
 
 class _DPMSolver:
     """DPM-Solver single steps in the noise-prediction form, with lambda = -log sigma (Lu et al.
-    2022,
-    Alg. 1 and 2 for sigma(lambda) = e^{-lambda}, alpha = 1). Caches noise predictions within a
-    step."""
+    2022, Alg. 1 and 2 for sigma(lambda) = e^{-lambda}, alpha = 1). Caches noise predictions within
+    a step."""
 
     def __init__(self, model: _Model) -> None:
         self.model = model
@@ -900,16 +878,12 @@ def sample_dpm_adaptive(
 
     Uses only ``sigmas[0]`` and the smallest positive sigma (``sigmas[-2]``): the step sizes in
     lambda = -log sigma are chosen by a PID controller from the difference between an
-    order-``order``
-    and an order-``order - 1`` solution (shared evaluations), measured as an RMS over the whole
-    batch of
-    ``(x_low - x_high) / max(atol, rtol max(|x_low|, |x_prev|))``; a step is accepted when that
-    error
-    allows it. Finally ``x0 = D(x; sigma_min)`` (the Euler step to 0 of the other samplers). NFE:
-    ``order`` per attempted step (accepted or not) + 1. Because the error is pooled over the batch,
-    the
-    step sequence (and so the result) depends on the batch composition. ``eta > 0`` adds ancestral
-    noise.
+    order-``order`` and an order-``order - 1`` solution (shared evaluations), measured as an RMS
+    over the whole batch of ``(x_low - x_high) / max(atol, rtol max(|x_low|, |x_prev|))``; a step is
+    accepted when that error allows it. Finally ``x0 = D(x; sigma_min)`` (the Euler step to 0 of the
+    other samplers). NFE: ``order`` per attempted step (accepted or not) + 1. Because the error is
+    pooled over the batch, the step sequence (and so the result) depends on the batch composition.
+    ``eta > 0`` adds ancestral noise.
     """
     if order not in (2, 3):
         raise UserError(f"dpm_adaptive order must be 2 or 3, got {order}; set sampler.order")

@@ -2,11 +2,9 @@
 **params)``.
 
 Each returns a strictly decreasing float32 tensor of ``n + 1`` noise levels whose last value is 0
-(the
-final step of every sampler goes to the clean sample). The ``n`` positive levels run from
-``sigma_max``
-to ``sigma_min`` (``karras_sqrt`` is the one exception: it returns their square roots, see its
-docstring). Values are computed in float64 and rounded once to float32.
+(the final step of every sampler goes to the clean sample). The ``n`` positive levels run from
+``sigma_max`` to ``sigma_min`` (``karras_sqrt`` is the one exception: it returns their square roots,
+see its docstring). Values are computed in float64 and rounded once to float32.
 """
 
 from __future__ import annotations
@@ -77,10 +75,8 @@ def sigmas_karras_sqrt(
     """The element-wise square root of :func:`sigmas_karras` (the reference codebase's adaptation).
 
     It runs from ``sqrt(sigma_max)`` to ``sqrt(sigma_min)`` (e.g. 8.94 .. 0.141 for 80 .. 0.02),
-    then 0:
-    the reference used it with models whose noise variable is ``sigma^2``. Algebraically it is the
-    Karras
-    schedule on ``[sqrt(sigma_min), sqrt(sigma_max)]`` with ``rho / 2``.
+    then 0: the reference used it with models whose noise variable is ``sigma^2``. Algebraically it
+    is the Karras schedule on ``[sqrt(sigma_min), sqrt(sigma_max)]`` with ``rho / 2``.
     """
     return sigmas_karras(n, sigma_min, sigma_max, rho=rho, device=device).sqrt()
 
@@ -108,15 +104,14 @@ def sigmas_polyexponential(
 
 
 def sigma_vp(t: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
-    """VP noise level at time t (Song et al. 2021; Karras et al. 2022, Table 1):
-    ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``."""
+    """VP noise level at time t (Song et al. 2021; Karras et al. 2022, Table 1): ``sigma(t) =
+    sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``."""
     t = torch.as_tensor(t, dtype=torch.float64)
     return torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
 
 
 def vp_time(sigma: Tensor | float, beta_d: float = 19.9, beta_min: float = 0.1) -> Tensor:
-    """Inverse of :func:`sigma_vp`: the root of ``beta_d t^2 / 2 + beta_min t = log(1 +
-    sigma^2)``."""
+    """Inverse of :func:`sigma_vp`: t solving ``beta_d t^2 / 2 + beta_min t = log1p(sigma^2)``."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     return ((beta_min**2 + 2.0 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
 
@@ -134,9 +129,8 @@ def sigmas_vp(
     then 0.
 
     k-diffusion's ``get_sigmas_vp(n, beta_d, beta_min, eps_s)`` takes ``t`` uniform on ``[eps_s,
-    1]``
-    whatever the model's range; this is the same curve parameterised by the noise range instead:
-    ``sigmas_vp(n, sigma_vp(eps_s), sigma_vp(1))`` reproduces it (with eps_s = 1e-3 that is
+    1]`` whatever the model's range; this is the same curve parameterised by the noise range
+    instead: ``sigmas_vp(n, sigma_vp(eps_s), sigma_vp(1))`` reproduces it (with eps_s = 1e-3 that is
     ``sigma_min = 0.0105``, ``sigma_max = 152``).
     """
     _validate(n, sigma_min, sigma_max)

@@ -4,9 +4,9 @@
 ``cond`` and blends the tiles' ``x0_hat`` with smooth weights normalised by their sum. Because every
 denoiser evaluation is blended, the sampler only ever sees one consistent full-domain field
 (MultiDiffusion: Bar-Tal et al. 2023, "MultiDiffusion: Fusing Diffusion Paths for Controlled Image
-Generation", eq. 5, whose least-squares fusion of overlapping views is this weighted average).
-Tiles are evaluated in chunks of at most ``max_batch`` (tile, batch element) pairs, so memory is
-bounded whatever the domain size.
+Generation", eq. 5, whose least-squares fusion of overlapping views is this weighted average). Tiles
+are evaluated in chunks of at most ``max_batch`` (tile, batch element) pairs, so memory is bounded
+whatever the domain size.
 """
 
 from __future__ import annotations
@@ -50,13 +50,11 @@ def blend_window(
     """1-D blending weights of one tile (float64).
 
     At an edge shared with a neighbouring tile (``ramp_start`` / ``ramp_end``) the weight is 0 on
-    the
-    first ``halo`` pixels, then rises as a raised cosine ``(1 - cos(pi u)) / 2`` with
-    ``u = (d - halo + 1/2) / (overlap - 2 halo)`` (d the distance from the edge) and is 1 beyond.
-    The
-    two ramps of neighbours spaced by the nominal stride sum to exactly 1. With ``halo = 0`` the
-    window never reaches 0; a ``halo`` drops the tile-edge pixels that see the tile's zero padding.
-    Edges on the domain border are flat (weight 1).
+    the first ``halo`` pixels, then rises as a raised cosine ``(1 - cos(pi u)) / 2`` with ``u = (d -
+    halo + 1/2) / (overlap - 2 halo)`` (d the distance from the edge) and is 1 beyond. The two ramps
+    of neighbours spaced by the nominal stride sum to exactly 1. With ``halo = 0`` the window never
+    reaches 0; a ``halo`` drops the tile-edge pixels that see the tile's zero padding. Edges on the
+    domain border are flat (weight 1).
     """
     d = torch.arange(length, dtype=torch.float64)
     w = torch.ones(length, dtype=torch.float64)
@@ -79,10 +77,9 @@ class TiledDenoiser:
     """Wrap ``denoiser(x, sigma, cond) -> x0_hat`` to evaluate it on overlapping tiles and blend.
 
     ``tile``: tile side in pixels (the training patch size); ``overlap``: pixels shared by
-    neighbouring
-    tiles; ``max_batch``: most tiles per denoiser call (None: all tiles of the whole batch at once);
-    ``halo``: pixels at each shared tile edge given zero weight (must satisfy
-    ``2 halo < overlap``). ``cond`` must be ``None`` or on the same grid as ``x``: ``(B, C, H, W)``.
+    neighbouring tiles; ``max_batch``: most tiles per denoiser call (None: all tiles of the whole
+    batch at once); ``halo``: pixels at each shared tile edge given zero weight (must satisfy ``2
+    halo < overlap``). ``cond`` must be ``None`` or on the same grid as ``x``: ``(B, C, H, W)``.
     Domains no larger than a tile are passed through in one call.
     """
 

@@ -21,8 +21,11 @@ PRIMARY = {
     "callbacks": "train",
     "experiment": "train",
     "debug": "train",
+    "optimizer": "train",
+    "scheduler": "train",
     "sampler": "sample",
     "schedule": "sample",
+    "tiling": "sample",
     "evaluation": "evaluate",
 }
 
@@ -49,6 +52,11 @@ def test_option_composes_and_instantiates(group, option, tmp_path, cache_dir):
     elif group == "schedule":
         sigmas = instantiate(cfg.schedule)(5)
         assert sigmas.shape == (6,) and sigmas[-1] == 0 and (sigmas[:-1] > sigmas[1:]).all()
+    elif group == "tiling":
+        tiled = instantiate(cfg.tiling)(lambda x, sigma, cond: x)
+        assert callable(tiled)
+    elif group in ("optimizer", "scheduler"):
+        _instantiate_train(cfg, group)
     elif group == "evaluation":
         assert instantiate(cfg.evaluation) is not None
     elif (
@@ -84,3 +92,35 @@ def _instantiate_train(cfg, group):
     model.train()
     loss = model.training_step(batch, 0)
     assert torch.isfinite(loss)
+
+
+# groups used inside other configs: every option is a valid component on its own
+NESTED = {"noise_levels": "components", "loss_weighting": "function", "variables": "scalers"}
+NESTED_CASES = [(g, o) for g in NESTED for o in options(g)]
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), NESTED_CASES, ids=[f"{g}={o}" for g, o in NESTED_CASES]
+)
+def test_nested_option_instantiates(group, option):
+    node = OmegaConf.load(CONF / group / f"{option}.yaml")
+    if group == "variables":
+        scalers = {name: instantiate(spec) for name, spec in node.items()}
+        assert all(hasattr(s, "forward") and hasattr(s, "inverse") for s in scalers.values())
+    elif group == "noise_levels":
+        sigma = instantiate(node)(64, generator=torch.Generator().manual_seed(0))
+        assert sigma.shape == (64,) and (sigma > 0).all()
+    else:
+        weight = instantiate(node)(torch.tensor([0.1, 1.0, 10.0]), 0.5)
+        assert torch.isfinite(weight).all() and (weight > 0).all()
+
+
+@pytest.mark.parametrize("recipe", options("build"))
+def test_build_recipe_composes(recipe, tmp_path):
+    from downscale.build import store_path
+
+    cfg = compose_config(
+        "build", [f"build={recipe}", f"paths.data_dir={tmp_path}", f"paths.output_dir={tmp_path}"]
+    )
+    OmegaConf.resolve(cfg)
+    assert store_path(cfg) == tmp_path / f"{recipe}.zarr"

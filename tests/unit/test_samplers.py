@@ -222,3 +222,28 @@ def test_bad_sigmas_rejected() -> None:
         smp.sample_euler(
             gaussian_denoiser, torch.randn(1, 1, 2, 2), torch.tensor([1.0, 2.0, 0.0]), cond=None
         )
+
+
+def test_deferred_finite_check_reports_first_bad_step() -> None:
+    """The accelerator path (per-step sums kept on the device, read at the end), run on CPU."""
+    x = torch.ones(2, 1, 3, 3)
+    guard = smp._FiniteGuard(x, 4, [4.0, 3.0, 2.0, 1.0, 0.0], "test")
+    guard.sums = torch.zeros(4)  # force the deferred mode
+    guard.step(0, x)
+    guard.step(1, x * float("inf"))
+    guard.step(2, x * float("nan"))
+    with pytest.raises(smp.SamplingError, match=r"step 1 of 4 \(sigma 3\)"):
+        guard.finish()
+
+
+def test_half_precision_sigma_is_float32() -> None:
+    seen = []
+
+    def den(x, sigma, cond):
+        seen.append(sigma.dtype)
+        return x * 0
+
+    smp.sample_euler(
+        den, torch.ones(1, 1, 2, 2, dtype=torch.bfloat16), sigmas_karras(2, 0.1, 1.0), cond=None
+    )
+    assert seen == [torch.float32, torch.float32]
