@@ -44,9 +44,7 @@ def _table(methods: dict[str, dict[str, Any]]) -> list[str]:
     for name, row in methods.items():
         # a one-member forecast has no spread and its rank histogram only says "above or below"
         single = {"spread_skill", "rank_flatness"} if row.get("n_members") == 1 else set()
-        cells = [
-            "-" if key in single else _fmt(row.get(key), spec) for key, _, spec in COLUMNS
-        ]
+        cells = ["-" if key in single else _fmt(row.get(key), spec) for key, _, spec in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
