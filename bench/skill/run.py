@@ -90,6 +90,7 @@ SUITES: dict[str, Suite] = {
             "regression": "iberia_regression",
             "gan": "iberia_gan",
             "edm": "iberia_edm",
+            "edm_sd": "iberia_edm_sd",
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -100,6 +101,12 @@ SUITES: dict[str, Suite] = {
                 "EDM dpm2_heun 20 steps, 2 members",
                 "edm",
                 ("sampler=dpm2_heun", "sampler.steps=20"),
+                2,
+            ),
+            Sampling(
+                "EDM sigma_data 0.2, dpmpp_2m 10 (10 NFE), 2 members",
+                "edm_sd",
+                ("sampler=dpmpp_2m", "sampler.steps=10"),
                 2,
             ),
         ),
