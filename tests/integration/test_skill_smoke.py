@@ -45,7 +45,9 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     scores = data["suites"]["iberia"]["scores"]
     assert scores["n_test_days"] == 90  # DJF 1996/97
     methods = scores["methods"]
-    assert set(methods) == {*suite.baselines, "EDM euler 2", "EDM euler 2 (2 NFE)"}
+    fast = "EDM euler 2 (2 NFE)"  # the fast sampler chosen on val, at 2 and at 8 members
+    assert set(methods) == {*suite.baselines, "EDM euler 2", fast, f"{fast}, 2 members"}
+    assert methods[fast]["n_members"] == 8
     # one member: the CRPS is the MAE
     bilinear = methods["bilinear NCEP pr"]
     assert bilinear["crps"] == pytest.approx(bilinear["mae_ensmean"], rel=1e-6)
