@@ -98,7 +98,8 @@ def _gcm(gcm: dict[str, Any]) -> list[str]:
         "### GCM application (CNRM-CM5 historical predictors, test winters 1998-2002)",
         "",
         "The EDM trained on NCEP reanalysis applied to the CNRM-CM5 predictors (scaled with the "
-        "reanalysis scalers from the checkpoint). GCM days are not observed days, so only "
+        f"reanalysis scalers from the checkpoint; {gcm.get('n_members', 4)} members). GCM days "
+        "are not observed days, so only "
         "distributions are compared: all valid cells and days (members pooled); wet day >= 1 "
         "mm/day; spectral distance = RMS over wavenumbers of the dB ratio of the time-mean "
         "spectrum to E-OBS's.",
@@ -139,11 +140,12 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             lines += [
                 "Fast sampler (<= 10 NFE) chosen by CRPS on the validation split (4 members):",
                 "",
-                "| sampler | NFE | val CRPS | val RALSD |",
+                "| sampler (overrides) | NFE | val CRPS | val RALSD |",
                 "| --- | ---: | ---: | ---: |",
             ]
             for c in fast["candidates"]:
-                lines.append(f"| {c['label']} | {c['nfe']} | {c['crps']:.4f} | {c['ralsd']:.2f} |")
+                label = " ".join(c["overrides"])
+                lines.append(f"| `{label}` | {c['nfe']} | {c['crps']:.4g} | {c['ralsd']:.2f} |")
             lines.append("")
         if suite.get("anchors"):
             lines += ["Anchors (independent scripts, same split):", "", *_anchors(suite), ""]

@@ -515,7 +515,12 @@ def stage_gcm(suite: Suite) -> None:
     summary = {name: distribution_summary(da.load(), mask, obs) for name, da in fields.items()}
     _write_json(
         OUT / suite.name / "gcm.json",
-        {"sampling": edm.name, "seconds": info["seconds"], "summary": summary},
+        {
+            "sampling": edm.name,
+            "n_members": GCM_MEMBERS,
+            "seconds": info["seconds"],
+            "summary": summary,
+        },
     )
 
 
@@ -549,6 +554,13 @@ def stage_report(suites: Sequence[Suite]) -> None:
         scores = _read_json(OUT / suite.name / "scores.json")
         if not scores:
             continue
+        # rows in the suite's order: baselines, then the models' samplings
+        order = [*suite.baselines, *(s.name for s in _samplings(suite))]
+        methods = scores["methods"]
+        scores["methods"] = {
+            **{k: methods[k] for k in order if k in methods},
+            **{k: v for k, v in methods.items() if k not in order},
+        }
         data["suites"][suite.name] = {
             "domain": suite.domain,
             "scores": scores,
@@ -557,7 +569,9 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "gcm": _read_json(OUT / suite.name / "gcm.json"),
             "commands": _commands(suite),
         }
-    _write_json(RESULTS_JSON, data)
+    with open(RESULTS_JSON.with_suffix(".tmp"), "w") as fh:  # keep the table order in the JSON
+        json.dump(data, fh, indent=1, default=_jsonable)
+    os.replace(RESULTS_JSON.with_suffix(".tmp"), RESULTS_JSON)
     write_results(data, RESULTS_MD)
     _log(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
 
