@@ -148,7 +148,15 @@ def write_results(data: dict[str, Any], path: Path) -> None:
                 lines.append(f"| `{label}` | {c['nfe']} | {c['crps']:.4g} | {c['ralsd']:.2f} |")
             lines.append("")
         if suite.get("anchors"):
-            lines += ["Anchors (independent scripts, same split):", "", *_anchors(suite), ""]
+            where = suite.get("anchor_domain") or "the same domain"
+            lines += [f"Anchors (independent scripts, same split, on {where}):", ""]
+            lines += [*_anchors(suite), ""]
+            for method, values in (suite.get("anchor_check") or {}).items():
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                lines.append(
+                    f"- our {method} on that domain (bench/skill/radar_full_check.py): {shown}"
+                )
+            lines.append("")
         goals = _goals(name, scores["methods"])
         if goals:
             lines += ["Goals:", "", *goals, ""]
