@@ -83,6 +83,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
+            # training days (indices into the store's time axis) for the analog baseline
+            "train_time_index": [int(i) for i in datamodule.split_indices.get("train", ())],
             "model": type(model).__name__,
         },
     )

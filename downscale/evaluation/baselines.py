@@ -8,6 +8,7 @@ on ``(time, lat_coarse, lon_coarse)``) and are listed in ``conf/evaluation/defau
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -276,6 +277,25 @@ def rainfarm_baseline(
     return rainfarm(coarse, store, n_members=n_members, seed=seed, slope=slope)
 
 
+def _factories(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    entries = cfg.get("baselines", cfg) if "baselines" in cfg else cfg
+    return dict(instantiate(entries or {}))
+
+
+def needs_training_days(fn: Any) -> bool:
+    """True when a baseline factory has no default for ``train_times`` (e.g. analogs)."""
+    param = inspect.signature(fn).parameters.get("train_times")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _call(fn: Any, store: xr.Dataset, test_times, train_times, variable: str | None):
+    extra = {}
+    if variable is not None and "variable" in inspect.signature(fn).parameters:
+        extra["variable"] = variable
+    return fn(store, test_times=test_times, train_times=train_times, **extra)
+
+
 def compute_baselines(
     store: xr.Dataset,
     test_times: Sequence,
@@ -284,10 +304,35 @@ def compute_baselines(
 ) -> dict[str, xr.DataArray]:
     """Every baseline in ``cfg.baselines`` (an evaluation config) or in ``cfg`` itself (a mapping
     name -> ``_target_`` + ``_partial_`` entry), computed on ``test_times``."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    entries = cfg.get("baselines", cfg) if "baselines" in cfg else cfg
-    factories = instantiate(entries or {})
     return {
-        name: fn(store, test_times=test_times, train_times=train_times)
-        for name, fn in factories.items()
+        name: _call(fn, store, test_times, train_times, None)
+        for name, fn in _factories(cfg).items()
     }
+
+
+def available_baselines(
+    store: xr.Dataset,
+    test_times: Sequence,
+    train_times: Sequence | None,
+    cfg: DictConfig | Mapping[str, Any],
+    *,
+    variable: str | None = None,
+    why_no_training_days: str = "the samples store records no training days",
+) -> tuple[dict[str, xr.DataArray], dict[str, str]]:
+    """Like :func:`compute_baselines`, but a baseline that cannot be computed is skipped with the
+    reason instead of stopping the evaluation: one needing training days when ``train_times`` is
+    None, or one the store cannot feed (its :class:`UserError`, e.g. no ``coarse_<var>``).
+
+    Returns ``(baselines, skipped)``, ``skipped`` mapping ``baseline <name>`` to the reason.
+    """
+    out: dict[str, xr.DataArray] = {}
+    skipped: dict[str, str] = {}
+    for name, fn in _factories(cfg).items():
+        if train_times is None and needs_training_days(fn):
+            skipped[f"baseline {name}"] = f"needs the training days; {why_no_training_days}"
+            continue
+        try:
+            out[name] = _call(fn, store, test_times, train_times, variable)
+        except UserError as exc:
+            skipped[f"baseline {name}"] = str(exc)
+    return out, skipped
