@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask
+import dask.array
 import numpy as np
 import scipy.ndimage
 import scipy.sparse
@@ -65,14 +67,17 @@ def interpolate(
     method: str = "linear",
     *,
     clip_min: float | None = 0.0,
+    time_chunk: int = 16,
 ) -> xr.DataArray:
     """Bilinear (``linear``) or bicubic (``cubic``) interpolation of the coarse field to the fine
     grid (scipy ``interpn`` through xarray), extrapolating at the edges; values below ``clip_min``
     (cubic overshoot of a non-negative field) are clipped. NaN coarse cells (sea) are first filled
-    from the nearest valid cell so that coastal pixels get values. One member."""
+    from the nearest valid cell so that coastal pixels get values. One member, lazy (dask) over ``time_chunk`` days."""
     src = _to_fine_names(coarse)
     src = src.transpose(..., LAT, LON)
     src = src.copy(data=_fill_nearest_2d(src.values))
+    if TIME in src.dims:  # lazy over time blocks: the fine fields of a long period stay on disk
+        src = src.chunk({TIME: time_chunk})
     out = src.interp(
         {LAT: fine_grid[LAT].values, LON: fine_grid[LON].values},
         method=method,
@@ -171,8 +176,9 @@ def rainfarm(
     n_members: int = 16,
     seed: int = 0,
     slope: float | None = None,
+    time_chunk: int = 16,
 ) -> xr.DataArray:
-    """RainFARM (Rebora et al. 2006) stochastic downscaling.
+    """RainFARM (Rebora et al. 2006) stochastic downscaling, lazy (dask) over ``time_chunk`` days.
 
     1. alpha = the coarse fields' spectral slope (:func:`spectral_slope`) unless ``slope`` is given;
     2. per member and day a unit-variance Gaussian field g on the fine grid with PSD ~ |k|^-alpha
@@ -194,20 +200,31 @@ def rainfarm(
     avg = scipy.sparse.csr_matrix(
         (1.0 / counts[cell], (np.arange(cell.size), cell)), shape=(cell.size, n_cells)
     )
-    values = src.transpose(TIME, LAT, LON).values.reshape(src.sizes[TIME], n_cells)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_members, src.sizes[TIME], ny * nx), dtype=np.float32)
-    for t in range(src.sizes[TIME]):
-        r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
-        cell_mean = np.asarray(r @ avg)  # (members, cells)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            factor = values[t][None, :] / cell_mean
-        out[:, t] = r * factor[:, cell]
-    da = xr.DataArray(
-        out.reshape(n_members, src.sizes[TIME], ny, nx),
-        dims=(MEMBER, TIME, LAT, LON),
-        coords={TIME: src[TIME].values},
-    )
+    values = np.asarray(src.transpose(TIME, LAT, LON).values).reshape(src.sizes[TIME], n_cells)
+
+    def days(first: int, block: np.ndarray) -> np.ndarray:
+        # one generator per day (seed, day position): draws do not depend on the time chunking
+        out = np.empty((n_members, block.shape[0], ny * nx), dtype=np.float32)
+        for i, coarse_day in enumerate(block):
+            rng = np.random.default_rng([seed, first + i])
+            r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
+            cell_mean = np.asarray(r @ avg)  # (members, cells)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                factor = coarse_day[None, :] / cell_mean
+            out[:, i] = r * factor[:, cell]
+        return out.reshape(n_members, block.shape[0], ny, nx)
+
+    # lazy over blocks of `time_chunk` days: a long test period never sits in memory at once
+    blocks = [
+        dask.array.from_delayed(
+            dask.delayed(days)(lo, values[lo : lo + time_chunk]),
+            shape=(n_members, len(values[lo : lo + time_chunk]), ny, nx),
+            dtype=np.float32,
+        )
+        for lo in range(0, len(values), time_chunk)
+    ]
+    lazy = dask.array.concatenate(blocks, axis=1)
+    da = xr.DataArray(lazy, dims=(MEMBER, TIME, LAT, LON), coords={TIME: src[TIME].values})
     result = _finish(da, fine_grid, coarse.attrs.get("units"), "rainfarm")
     return result.assign_attrs(rainfarm_slope=alpha, seed=seed)
 
