@@ -53,6 +53,7 @@ def evaluation_run(
         mode=mode,
         job_type="evaluate",
     )
+    print(f"W&B run ({mode}): {run.dir}")
     exit_code = 1
     try:
         yield run
