@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +178,8 @@ def _summary_records(run_file: Path) -> dict[str, str]:
             pos += block - pos % block
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:
-            break
+        if (kind == 0 and length == 0) or pos + 7 + length > len(data):
+            break  # end of the log, or a record still being written
         part += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
@@ -199,7 +200,13 @@ def test_wandb_offline_run_holds_the_summary(sampled, tmp_path, monkeypatch):
     assert wandb.run is None  # finished
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (run_file,) = run_dir.glob("run-*.wandb")
-    summary = _summary_records(run_file)
+    # wandb-core writes the offline run file asynchronously: finish() may return a moment before
+    # the last records reach the disk, so poll (the run was finished above)
+    deadline = time.monotonic() + 60
+    while (
+        "eval/crps" not in (summary := _summary_records(run_file)) and time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
     for key in ("crps", "mae", "ralsd", "n_days"):
         assert json.loads(summary[f"eval/{key}"]) == pytest.approx(flat[key]), key
     media = run_dir / "files" / "media"
