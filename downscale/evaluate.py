@@ -1,6 +1,8 @@
 """Evaluate samples: ``python -m downscale.evaluate samples=<samples.zarr> [obs=<dataset store>]``.
 
-Writes ``metrics.json``, ``metrics.nc``, ``figures/`` and ``report.html`` into the run directory.
+Writes ``metrics.json``, ``scorecard.json``, ``metrics.nc``, ``figures/`` and ``report.html`` into the
+run directory, with the baselines of ``evaluation.baselines`` beside the model, and logs them to a
+W&B run when ``evaluation.wandb`` is true.
 """
 
 from __future__ import annotations
@@ -70,11 +72,11 @@ def store_baselines(
     if not evaluation.get("baselines"):
         return {}, {}
     from downscale.evaluation.baselines import available_baselines
-    from downscale.evaluation.runner import _pick_variable, open_data
+    from downscale.evaluation.runner import open_data, pick_variable
 
     sds = open_data(samples, {})
     store = open_data(obs, {})
-    var = _pick_variable(sds, variable, "samples")
+    var = pick_variable(sds, variable, "samples")
     train_times, why = None, "the samples store records no training days (train_time_index)"
     index = sds.attrs.get("train_time_index")
     index = json.loads(index) if isinstance(index, str) else index

@@ -266,7 +266,9 @@ def open_data(path: str | Path, chunks: Mapping[str, int]) -> xr.Dataset:
     return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
 
 
-def _pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:
+def pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:
+    """``variable`` if ``ds`` has it, else the one variable with a member dim (samples) or the one
+    data variable besides ``valid_mask``; a :class:`UserError` when that is ambiguous."""
     if variable is not None:
         if variable not in ds.data_vars:
             raise UserError(
@@ -297,8 +299,8 @@ def evaluate_paths(
     chunks = OmegaConf.to_container(cfg.chunks) if cfg.get("chunks") else {TIME: 32}
     sds = open_data(samples_path, {**chunks, MEMBER: -1})
     ods = open_data(obs_path, chunks)
-    var = _pick_variable(sds, variable, "samples")
-    ovar = _pick_variable(ods, var if var in ods.data_vars else variable, "observations")
+    var = pick_variable(sds, variable, "samples")
+    ovar = pick_variable(ods, var if var in ods.data_vars else variable, "observations")
     mask = ods["valid_mask"].load().astype(bool) if "valid_mask" in ods.data_vars else None
     return evaluate(
         sds[var],
