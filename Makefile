@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m downscale.demo
 
+# Two test processes with one thread each use both cores without oversubscribing them; files are kept
+# whole per process so module-scoped fixtures (a trained tiny model) are built once.
 test: install
-	$(BIN)/python -m pytest -q --timeout=900 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout=900 tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
