@@ -96,6 +96,7 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    datamodule.train_dataloader()  # a patch larger than the domain fails here, before any output
     channels = {"out_channels": datamodule.out_channels, "cond_channels": datamodule.cond_channels}
     model = instantiate_user(cfg.model, net=instantiate(cfg.net), **channels)
     model.run_info = {

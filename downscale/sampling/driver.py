@@ -185,8 +185,8 @@ def write_samples(
     Returns ``{"path", "nfe", "seconds", "blocks_computed"}``. The store appears at ``request.out``
     only when complete (it is built as ``<out>.partial`` and renamed).
     """
-    require(request.n_members >= 1, "n_members must be at least 1")
-    require(request.block_size >= 1, "block_size must be at least 1")
+    require(request.n_members >= 1, "n_members must be at least 1; e.g. n_members=4")
+    require(request.block_size >= 1, "block_size must be at least 1; e.g. block_size=8")
     require(batch_size >= 1, "batch_size must be at least 1")
     if request.out.exists():
         existing = xr.open_zarr(request.out, consolidated=False).attrs

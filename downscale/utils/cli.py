@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from downscale.utils.errors import full_traceback_requested
@@ -21,6 +21,12 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def explain_config_error(exc: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error, with the fix where we can name it."""
     text = str(exc)
+    if isinstance(exc, OverrideParseException):
+        reason = " ".join(text.split("See https")[0].split())
+        return (
+            f"cannot parse the override '{exc.override}' ({reason}); check its syntax, e.g. "
+            "key=value, key=[a,b], group=option (quote values with spaces)"
+        )
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
