@@ -190,12 +190,29 @@ def plan_store(recipe: Mapping[str, Any]) -> tuple[_Plan, dict[str, Any]]:
     return plan, meta
 
 
-def _encoding(da: xr.DataArray, chunks: Mapping[str, int]) -> dict[str, Any]:
+# Chunk compression of the time-dependent arrays (recipe key `codec`). zstd (zarr's default) is the
+# smallest; lz4 (blosc, byte shuffle) and none decode faster, which matters only for stores read window
+# by window because they exceed the DataModule's memory budget (bench/loader.py, docs/data.md).
+CODECS = {
+    "zstd": lambda: (zarr.codecs.ZstdCodec(level=0),),
+    "lz4": lambda: (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+    "none": lambda: None,
+}
+
+
+def _compressors(cfg: Mapping[str, Any]) -> Any:
+    codec = str(cfg.get("codec") or "zstd")
+    if codec not in CODECS:
+        raise UserError(f"codec: {codec} is not one of {sorted(CODECS)}; fix the recipe's codec")
+    return CODECS[codec]()
+
+
+def _encoding(da: xr.DataArray, chunks: Mapping[str, int], compressors: Any) -> dict[str, Any]:
     ch = tuple(
         da.sizes[d] if int(chunks.get(d, -1)) <= 0 else min(int(chunks[d]), da.sizes[d])
         for d in da.dims
     )
-    return {"dtype": "float32", "chunks": ch}
+    return {"dtype": "float32", "chunks": ch, "compressors": compressors}
 
 
 def _check_block(block: xr.Dataset, plan: _Plan, t0: pd.Timestamp) -> None:
@@ -232,7 +249,8 @@ def _write(plan: _Plan, meta: dict[str, Any], tmp: Path) -> None:
         lon_coarse=("lon_coarse", coarse.lon, {"units": "degrees_east"}),
     )
     timed.attrs = _global_attrs(plan, meta)
-    enc = {v: _encoding(timed[v], chunks) for v in timed.data_vars}
+    compressors = _compressors(cfg)
+    enc = {v: _encoding(timed[v], chunks, compressors) for v in timed.data_vars}
     enc["time"] = {"units": "hours since 1970-01-01", "dtype": "float64"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # zarr v3 consolidated metadata

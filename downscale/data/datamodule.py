@@ -11,9 +11,9 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import xarray as xr
-import zarr
 from torch.utils.data import DataLoader, Dataset
 
+from downscale.data.chunks import open_array
 from downscale.data.datasets import Fields, UpsampleDataset
 from downscale.data.scaling import Scaler, scaler_from_state
 from downscale.data.store import (
@@ -169,7 +169,7 @@ class DownscaleDataModule(L.LightningDataModule):
                 _require_finite(values, name, ds)
             return values
         if Path(self.store).suffix != ".nc":
-            return zarr.open_group(self.store, mode="r")[name]
+            return open_array(self.store, name)
         return ds[name].variable  # lazily indexed netCDF variable
 
     def _in_memory(self, ds: xr.Dataset) -> set[str]:

@@ -227,6 +227,20 @@ def test_build_store_direct(data_root: Path, tmp_path: Path) -> None:
     assert ds["precip"].dtype == np.float32
 
 
+@pytest.mark.parametrize(("codec", "name"), [("none", None), ("lz4", "blosc")])
+def test_codec_option(data_root: Path, tmp_path: Path, store: Path, codec: str, name) -> None:
+    cfg = _cfg(data_root, tmp_path / "unused.zarr", f"+build.codec={codec}")
+    out = build_store(cfg.build, tmp_path / f"{codec}.zarr")
+    meta = json.loads((out / "precip" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"][1:]] == ([name] if name else [])
+    fast, default = xr.open_zarr(out), xr.open_zarr(store)
+    xr.testing.assert_identical(fast["precip"].load(), default["precip"].load())
+    with pytest.raises(UserError, match="codec: brotli is not one of"):
+        build_store(
+            _cfg(data_root, tmp_path / "x.zarr", "+build.codec=brotli").build, tmp_path / "b"
+        )
+
+
 def test_cli_prints_one_line(data_root: Path, tmp_path: Path) -> None:
     import os
     import subprocess
@@ -276,3 +290,35 @@ def test_static_not_covering_domain(data_root: Path, tmp_path: Path) -> None:
         "static_elevation .* NaN cells.*fillna",
         f"build.statics.terrain.path={small}",
     )
+
+
+def test_mswep_data_config_trains_on_the_built_store(store: Path) -> None:
+    """data=mswep on the mswep_era5 store: 14 coarse predictors + elevation, fraction splits."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "train",
+        [
+            "data=mswep",
+            f"data.store={store}",
+            "data.train_dataset.patch_size=16",
+            "data.num_workers=0",
+            "data.batch_size=2",
+            # 7 days: the default [0.8, 0.9] validation split would be empty (a clear error)
+            "data.splits.train=[0.0,0.5]",
+            "data.splits.val=[0.5,0.75]",
+            "data.splits.test=[0.75,1.0]",
+            # the fake relative humidity is a constant 60 %: a z-score cannot be fitted on it
+            "data.variables.coarse_RH._target_=downscale.data.scaling.IdentityScaler",
+        ],
+    )
+    dm = instantiate(cfg.data)
+    dm.prepare()
+    assert dm.cond_channels == 15
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["target"].shape == (2, 1, 16, 16) and batch["cond"].shape == (2, 15, 16, 16)
+    n = sum(len(v) for v in dm.split_indices.values())
+    # 2000-02-25 .. 2000-03-03 is 8 days, 29 February dropped
+    assert n == 7 and [len(dm.split_indices[k]) for k in ("train", "val", "test")] == [4, 1, 2]

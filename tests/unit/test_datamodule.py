@@ -254,3 +254,20 @@ def test_split_ends_with_a_time_of_day_are_exact():
     assert len(time_split(times, ["2019-06-10", "2019-06-10"])) == 36  # a day end: the whole day
     with pytest.raises(UserError, match="not dates or fractions"):
         time_split(times, ["noon", "2019-06-10"])
+
+
+def test_location_channels_encode_the_patch_anchor(tmp_path):
+    dm = make_dm(
+        tmp_path,
+        train_dataset=functools.partial(RandomPatchDataset, patch_size=[8, 12]),
+        location=True,
+    )
+    dataset = dm.dataset("train", train=True)
+    for i in range(5):
+        item = dataset[i]
+        row, col = item["anchor"].tolist()
+        rows, cols = item["cond"][-2].numpy(), item["cond"][-1].numpy()
+        # each pixel's (row, col) in the 32 x 32 domain, mapped linearly to [-1, 1]
+        np.testing.assert_allclose(rows[:, 0], (row + np.arange(8)) / 31 * 2 - 1, atol=1e-6)
+        np.testing.assert_allclose(cols[0], (col + np.arange(12)) / 31 * 2 - 1, atol=1e-6)
+        assert (rows == rows[:, :1]).all() and (cols == cols[:1]).all()
