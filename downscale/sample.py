@@ -6,21 +6,25 @@ block by block into ``samples.zarr`` (resumable), then evaluates it unless ``eva
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
-from downscale.sampling.driver import SampleRequest, SamplerRun, write_samples
+from downscale.sampling.driver import Ranks, SampleRequest, SamplerRun, write_samples
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
 from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
-from downscale.utils.errors import report_user_errors, require
+from downscale.utils.errors import UserError, report_user_errors, require
 from downscale.utils.seeding import resolve_device
 
 
@@ -35,8 +39,27 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
         f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
     )
     sigmas = instantiate(cfg.schedule)(steps)
+    fn = instantiate(sampler_cfg)
+    _check_arguments(fn, "sampler")
     wrap = instantiate(cfg.tiling) if cfg.get("tiling") else None
-    return SamplerRun(fn=instantiate(sampler_cfg), sigmas=sigmas, wrap=wrap)
+    if wrap is not None:
+        wrap(lambda x, sigma, cond: x)  # the constructor checks tile, overlap, halo and max_batch
+    return SamplerRun(fn=fn, sigmas=sigmas, wrap=wrap)
+
+
+def _check_arguments(fn: Any, group: str) -> None:
+    """A sampler's config keys must be arguments of its function (a typo fails now, not mid-run)."""
+    if not isinstance(fn, functools.partial):
+        return
+    params = inspect.signature(fn.func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(fn.keywords) - set(params))
+    require(
+        not unknown,
+        f"{group} {fn.func.__name__} has no argument(s) {', '.join(unknown)}; "
+        f"use one of {', '.join(k for k in params if k not in ('denoiser', 'x', 'sigmas'))}",
+    )
 
 
 def build_datamodule(checkpoint: dict[str, Any], overrides: DictConfig | None) -> Any:
@@ -51,9 +74,31 @@ def build_datamodule(checkpoint: dict[str, Any], overrides: DictConfig | None) -
     return datamodule
 
 
-@report_user_errors
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Sample (and evaluate); returns the samples path, NFE, wall time and metrics if evaluated."""
+@dataclass
+class SampleJob:
+    """Everything one process needs to sample: built and validated from the config."""
+
+    ckpt_path: Path
+    model: Any
+    datamodule: Any
+    sampler: SamplerRun | None
+    request: SampleRequest
+
+
+def check_options(cfg: DictConfig) -> SamplerRun | None:
+    """Check the sampling options that need no checkpoint; return the sampler they build."""
+    for key in ("n_members", "block_size", "batch_size", "devices"):
+        value = cfg.get(key, 1)
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+            f"{key} must be an integer >= 1, got {value!r}; set {key}=1 or more",
+        )
+    return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
+
+
+def prepare(cfg: DictConfig) -> SampleJob:
+    """Load the checkpoint, build the data, the sampler and the request; check the user's options."""
+    sampler = check_options(cfg)
     ckpt_path = find_checkpoint(cfg.get("run_dir"), cfg.get("ckpt"))
     checkpoint = load_checkpoint(ckpt_path)
     model = load_model(checkpoint, ckpt_path)
@@ -69,7 +114,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             stacklevel=1,
         )
         n_members = 1
-    sampler = build_sampler(cfg) if getattr(model, "needs_sampler", True) else None
+    if not getattr(model, "needs_sampler", True):
+        sampler = None
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -87,25 +133,88 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "model": type(model).__name__,
         },
     )
-    result = write_samples(
-        model,
-        datamodule,
-        sampler,
-        request,
-        batch_size=int(cfg.batch_size),
-        device=resolve_device(cfg.device),
-    )
+    return SampleJob(ckpt_path, model, datamodule, sampler, request)
+
+
+@report_user_errors
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Sample (and evaluate); returns the samples path, NFE, wall time and metrics if evaluated."""
+    job = prepare(cfg)
+    devices = int(cfg.get("devices", 1))
+    if devices == 1:
+        result = write_samples(
+            job.model,
+            job.datamodule,
+            job.sampler,
+            job.request,
+            batch_size=int(cfg.batch_size),
+            device=resolve_device(cfg.device),
+        )
+    else:
+        result = launch_ranks(cfg, devices)
+        if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
+            return {}
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
     out_dir = Path(cfg.out).parent
     if cfg.get("evaluate"):
         from downscale.evaluate import evaluate_store
 
         result["metrics"] = evaluate_store(
-            result["path"], datamodule.store, cfg.evaluation, out_dir, variable=None
+            result["path"], job.datamodule.store, cfg.evaluation, out_dir, variable=None
         )
         result["metrics_path"] = out_dir / "metrics.json"
-    write_job_summary(out_dir, sweep_row(cfg, result, n_members))
+    write_job_summary(out_dir, sweep_row(cfg, result, job.request.n_members))
     return result
+
+
+_USER_ERROR = "downscale-user-error: "
+
+
+def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any] | None:
+    """Sample with ``devices`` processes through Lightning Fabric (``strategy``: ``ddp_spawn`` by
+    default, or ``ddp``); ranks take disjoint time blocks of the one store. Returns rank 0's result
+    (None on the other ranks of a script-launched run)."""
+    from lightning.fabric import Fabric
+
+    device = resolve_device(cfg.device)
+    accelerator = "cuda" if device.type == "cuda" else "cpu"
+    if accelerator == "cuda":
+        require(
+            devices <= torch.cuda.device_count(),
+            f"devices={devices} but only {torch.cuda.device_count()} GPUs are visible; "
+            f"use devices={torch.cuda.device_count()} or fewer",
+        )
+    strategy = str(cfg.get("strategy") or "ddp_spawn")
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+    # resolved here: the spawned processes have no Hydra runtime to resolve ${hydra:...} against
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        result = fabric.launch(_sample_on_rank, plain)
+    except Exception as exc:  # a rank's UserError arrives as a wrapped exception: show its line
+        text = str(exc)
+        if _USER_ERROR in text:
+            raise UserError(text.split(_USER_ERROR, 1)[1].splitlines()[0]) from None
+        raise
+    return result if fabric.global_rank == 0 else None
+
+
+def _sample_on_rank(fabric: Any, cfg: DictConfig) -> dict[str, Any]:
+    """One rank's share of the sampling (the function Fabric runs in every process)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the parent process already warned
+            job = prepare(cfg)
+        return write_samples(
+            job.model,
+            job.datamodule,
+            job.sampler,
+            job.request,
+            batch_size=int(cfg.batch_size),
+            device=fabric.device,
+            ranks=Ranks(fabric.global_rank, fabric.world_size),
+        )
+    except UserError as exc:
+        raise RuntimeError(_USER_ERROR + " ".join(str(exc).split())) from None
 
 
 def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[str, Any]:

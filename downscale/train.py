@@ -14,7 +14,6 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -24,7 +23,7 @@ from omegaconf import DictConfig
 from downscale.utils.atomic import atomic_path
 from downscale.utils.checkpoint import load_checkpoint
 from downscale.utils.cli import run_cli
-from downscale.utils.config import to_plain
+from downscale.utils.config import instantiate_user, to_plain
 from downscale.utils.errors import UserError, report_user_errors, require
 from downscale.utils.seeding import check_accelerator, check_trainer_types
 
@@ -75,20 +74,6 @@ def _init_from(model: L.LightningModule, path: str, channels: dict, targets: lis
     )
 
 
-def instantiate_user(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising a constructor's :class:`UserError` as itself (Hydra
-    wraps it in an ``InstantiationException``) so that the entry point prints one line."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, UserError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause from exc
-        raise
-
-
 def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the model and the Trainer of a train config."""
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.precision)
@@ -116,6 +101,14 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
         # Lightning refuses automatic clipping with manual optimization: the model clips itself
         model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
         trainer_kwargs["gradient_clip_val"] = None
+    strategy = cfg.trainer.get("strategy")
+    if (
+        getattr(model, "ddp_find_unused_parameters", False)
+        and isinstance(strategy, DictConfig)
+        and str(strategy.get("_target_", "")).endswith("DDPStrategy")
+    ):
+        # GAN steps (D or G alone) and the residual model's stages leave parameters without gradients
+        trainer_kwargs["strategy"] = instantiate(strategy, find_unused_parameters=True)
     trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, **trainer_kwargs
     )

@@ -47,7 +47,7 @@ def make_scheduler(
         if total_steps is None or total_steps <= 0 or total_steps == float("inf"):
             raise UserError(
                 "this LR schedule needs the number of training steps; set trainer.max_epochs or "
-                "trainer.max_steps, or give model.scheduler.total_steps"
+                "trainer.max_steps, or give scheduler.factory.total_steps"
             )
         return factory(optimizer, total_steps=int(total_steps))
     return factory(optimizer)
@@ -105,6 +105,8 @@ class DownscaleModule(L.LightningModule):
     stochastic = True
     #: ``generate`` needs a sampler and a schedule (False: a single forward pass)
     needs_sampler = True
+    #: some training steps leave parameters without gradients (DDP must look for them)
+    ddp_find_unused_parameters = False
 
     def __init__(
         self,
@@ -198,7 +200,7 @@ class DownscaleModule(L.LightningModule):
         if not torch.isfinite(loss).all():
             raise UserError(
                 f"loss became {loss.detach().float().mean().item()} at step {self.global_step}; "
-                "lower the learning rate (model.optimizer.lr), enable gradient clipping "
+                "lower the learning rate (optimizer.lr), enable gradient clipping "
                 "(trainer.gradient_clip_val) or check the data for NaNs"
             )
 
@@ -207,9 +209,13 @@ class DownscaleModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def log_throughput(self, batch_size: int) -> None:
+        """Count samples; log samples/s on the steps the loggers write (``log_every_n_steps``):
+        ``self.log`` costs about a millisecond, which a small net on a fast GPU would notice."""
         self._train_samples += batch_size
+        trainer = self._trainer
+        every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
         elapsed = time.perf_counter() - self._step_started
-        if elapsed > 0:
+        if elapsed > 0 and self._train_steps % max(1, every) == 0:
             self.log("perf/samples_per_s", batch_size / elapsed, on_step=True, on_epoch=False)
 
     def n_parameters(self) -> int:
@@ -234,6 +240,17 @@ class DownscaleModule(L.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:  # a diverged step: never write weights that cannot be used
+            raise UserError(
+                f"weights became non-finite ({bad[0]}) at step {self.global_step}; lower the learning "
+                "rate (optimizer.lr), enable gradient clipping (trainer.gradient_clip_val) or check "
+                "the data for NaNs"
+            )
         checkpoint["downscale"] = {**self.run_info, "version": __version__}
         checkpoint["rng"] = rng_state()
 

@@ -109,6 +109,7 @@ class GANModel(DownscaleModule):
     """
 
     needs_sampler = False
+    ddp_find_unused_parameters = True  # a D step never touches G and the reverse
 
     def __init__(
         self,

@@ -114,6 +114,8 @@ class ResidualModel(DownscaleModule):
         self.bucket_edges = noise_bucket_edges()
         self.regression_ckpt = regression_ckpt
         self.regression_epochs = 0 if (regression_ckpt or regression_trained) else regression_epochs
+        # two stages: the denoiser gets no gradient in the first, the regression none in the second
+        self.ddp_find_unused_parameters = self.regression_epochs > 0
         if regression_ckpt:
             state = regression_state(regression_ckpt, out_channels, cond_channels)
             try:

@@ -1,5 +1,11 @@
 """The ensemble driver: one loop for every model type, seeded per (time, member), written in time
-blocks to ``samples.zarr`` so an interrupted run resumes where it stopped."""
+blocks to ``samples.zarr`` so an interrupted run resumes where it stopped.
+
+Several processes (``torch.distributed`` initialised, e.g. by Lightning Fabric) share one run: block
+``b`` goes to rank ``b % world_size``; each rank writes its own time regions of the one
+``<out>.partial`` store (chunks along time are one block, so regions never share a chunk). Rank 0
+creates the store before, and renames it after, the others' work (barriers).
+"""
 
 from __future__ import annotations
 
@@ -73,13 +79,72 @@ def member_seed(seed: int, time_index: int, member: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def make_generators(seed: int, times: np.ndarray, n_members: int, device: torch.device) -> list:
-    """One generator per (time, member), ordered time-major like ``generate``'s output."""
+def make_generators(
+    seed: int, times: np.ndarray, n_members: int, device: torch.device, first_member: int = 0
+) -> list:
+    """One generator per (time, member) for members ``first_member .. first_member + n_members - 1``,
+    ordered time-major like ``generate``'s output."""
     return [
         torch.Generator(device=device).manual_seed(member_seed(seed, int(t), m))
         for t in times
-        for m in range(n_members)
+        for m in range(first_member, first_member + n_members)
     ]
+
+
+def batch_slices(n_times: int, n_members: int, batch_size: int) -> list[tuple[slice, slice]]:
+    """(times, members) slices covering a block, each at most ``batch_size`` draws.
+
+    Whole ensembles of ``batch_size // n_members`` times per batch; when one ensemble is larger than
+    ``batch_size``, its members are split into chunks of ``batch_size`` (seeding is per (time,
+    member), so the draws do not depend on this split).
+    """
+    if n_members <= batch_size:
+        per = batch_size // n_members
+        return [
+            (slice(t, min(t + per, n_times)), slice(0, n_members)) for t in range(0, n_times, per)
+        ]
+    return [
+        (slice(t, t + 1), slice(m, min(m + batch_size, n_members)))
+        for t in range(n_times)
+        for m in range(0, n_members, batch_size)
+    ]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a multi-process run (``torch.distributed``), or a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> Ranks:
+        """From the initialised default process group; one process when there is none."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def sum(self, value: int) -> int:
+        """Sum of an integer over all ranks."""
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        total = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(total)
+        return int(total.item())
+
+    def blocks(self, todo: list[int]) -> list[int]:
+        """This rank's share of the blocks: block ``b`` goes to rank ``b % world_size``."""
+        return [b for b in todo if b % self.world_size == self.rank]
 
 
 @dataclass
@@ -179,15 +244,19 @@ def write_samples(
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Sample ``request.times`` into ``request.out`` block by block; skip blocks already done.
 
-    Returns ``{"path", "nfe", "seconds", "blocks_computed"}``. The store appears at ``request.out``
-    only when complete (it is built as ``<out>.partial`` and renamed).
+    Returns ``{"path", "nfe", "seconds", "blocks_computed"}`` (blocks summed over ranks). The store
+    appears at ``request.out`` only when complete (it is built as ``<out>.partial`` and renamed).
+    ``ranks`` defaults to the ``torch.distributed`` process group when one is initialised; every
+    rank must call this with the same request.
     """
     require(request.n_members >= 1, "n_members must be at least 1; e.g. n_members=4")
     require(request.block_size >= 1, "block_size must be at least 1; e.g. block_size=8")
     require(batch_size >= 1, "batch_size must be at least 1")
+    ranks = ranks or Ranks.current()
     if request.out.exists():
         existing = xr.open_zarr(request.out, consolidated=False).attrs
         require(
@@ -203,47 +272,87 @@ def write_samples(
         }
     device = torch.device(device)
     model = model.to(device).eval()
-    partial, blocks = _open_or_create(datamodule, request)
+    partial, blocks = _partial_paths(request.out)
+    if ranks.rank == 0:
+        _open_or_create(datamodule, request)
+    ranks.barrier()  # the template exists before any rank writes into it
     n_blocks = -(-len(request.times) // request.block_size)
     todo = [b for b in range(n_blocks) if not (blocks / str(b)).exists()]
-    started, nfe = _time.perf_counter(), 0
+    mine = ranks.blocks(todo)
+    started = _time.perf_counter()
     bar = tqdm(
-        total=len(todo) * request.block_size, disable=not progress, desc="sampling", unit="day"
+        total=sum(len(_block_times(request, b)) for b in mine),
+        disable=not progress or ranks.rank != 0,
+        desc="sampling" if ranks.world_size == 1 else f"sampling (rank 0 of {ranks.world_size})",
+        unit="day",
     )
-    for b in todo:
-        lo, hi = b * request.block_size, min((b + 1) * request.block_size, len(request.times))
-        times = request.times[lo:hi]
-        dataset = datamodule.dataset("test", times=times)
-        per_batch = max(1, batch_size // request.n_members)
-        chunks = []
-        for start in range(0, len(times), per_batch):
-            items = [dataset[i] for i in range(start, min(start + per_batch, len(times)))]
-            batch = default_collate(items)
-            cond = batch["cond"].to(device)
-            generators = make_generators(
-                request.seed, batch["time"].numpy(), request.n_members, device
-            )
-            with torch.no_grad():
-                draws = model.generate(
-                    cond, request.n_members, sampler=sampler, generators=generators
-                )
-            nfe = max(nfe, sampler.nfe if sampler is not None else 1)
-            chunks.append(draws.float().cpu().numpy())
-            bar.update(len(items))
-        _write_block(datamodule, np.concatenate(chunks), partial, lo, hi)
-        zarr.open_group(partial, mode="r+").attrs["nfe"] = int(nfe)
-        (blocks / str(b)).touch()
+    for b in mine:
+        lo, times = b * request.block_size, _block_times(request, b)
+        draws, nfe = _sample_block(model, datamodule, sampler, request, times, batch_size, device)
+        _write_block(datamodule, draws, partial, lo, lo + len(times))
+        (blocks / str(b)).write_text(str(nfe))  # the block is done (and its cost)
+        bar.update(len(times))
     bar.close()
     seconds = _time.perf_counter() - started
-    replace(partial, request.out)
-    shutil.rmtree(blocks, ignore_errors=True)
-    return {"path": request.out, "nfe": nfe, "seconds": seconds, "blocks_computed": len(todo)}
+    computed = ranks.sum(len(mine))
+    ranks.barrier()  # every rank's blocks are written
+    nfe = _recorded_nfe(blocks)
+    if ranks.rank == 0:
+        zarr.open_group(partial, mode="r+").attrs["nfe"] = nfe
+        replace(partial, request.out)
+        shutil.rmtree(blocks, ignore_errors=True)
+    ranks.barrier()  # no rank returns before the store is complete
+    return {"path": request.out, "nfe": nfe, "seconds": seconds, "blocks_computed": computed}
+
+
+def _block_times(request: SampleRequest, b: int) -> np.ndarray:
+    return request.times[b * request.block_size : (b + 1) * request.block_size]
+
+
+def _recorded_nfe(blocks: Path) -> int:
+    """The largest NFE recorded by any finished block (adaptive samplers vary per batch)."""
+    values = [int(text) for f in blocks.iterdir() if (text := f.read_text().strip())]
+    return max(values, default=0)
+
+
+def _sample_block(
+    model: Any,
+    datamodule: Any,
+    sampler: SamplerRun | None,
+    request: SampleRequest,
+    times: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[np.ndarray, int]:
+    """Draws (T, M, C, H, W) in scaled space for one block, in batches of <= ``batch_size`` draws."""
+    dataset = datamodule.dataset("test", times=times)
+    draws: np.ndarray | None = None
+    nfe = 0
+    for tslice, mslice in batch_slices(len(times), request.n_members, batch_size):
+        batch = default_collate([dataset[i] for i in range(tslice.start, tslice.stop)])
+        cond = batch["cond"].to(device)
+        n = mslice.stop - mslice.start
+        generators = make_generators(request.seed, batch["time"].numpy(), n, device, mslice.start)
+        with torch.no_grad():
+            out = model.generate(cond, n, sampler=sampler, generators=generators)
+        nfe = max(nfe, sampler.nfe if sampler is not None else 1)
+        out = out.float().cpu().numpy()
+        if draws is None:
+            draws = np.empty((len(times), request.n_members, *out.shape[2:]), np.float32)
+        draws[tslice, mslice] = out
+    return draws, nfe
 
 
 def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: int) -> None:
     """Inverse-scale draws (T, M, C, H, W) to physical units, mask invalid pixels, write the region."""
     draws = datamodule.crop_to_grid(draws)  # drop any padding added to fit the network
     mask = datamodule.fields.mask
+    bad = ~np.isfinite(draws[..., mask]).all(axis=(1, 2, 3))
+    require(
+        not bad.any(),
+        f"the model produced non-finite values for time index {lo + int(np.argmax(bad))} of the "
+        "sampled times; nothing was written for that block (check the checkpoint and its inputs)",
+    )
     variables = {}
     ydim, xdim = datamodule.ds[datamodule.targets[0]].dims[-2:]
     for c, name in enumerate(datamodule.targets):

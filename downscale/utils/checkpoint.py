@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from downscale.utils.config import check_safe_targets
+from downscale.utils.config import check_safe_targets, instantiate_user
 from downscale.utils.errors import UserError, require
 
 
@@ -66,7 +66,7 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 def build_model(config: dict[str, Any], channels: dict[str, int]) -> torch.nn.Module:
     """Instantiate the model of a (checkpoint) config with the data's channel counts."""
     cfg = OmegaConf.create(config)
-    return instantiate(cfg.model, net=instantiate(cfg.net), **channels)
+    return instantiate_user(cfg.model, net=instantiate(cfg.net), **channels)
 
 
 def load_model(checkpoint: dict[str, Any], path: str | Path) -> torch.nn.Module:

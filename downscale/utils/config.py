@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from downscale.utils.errors import UserError
@@ -41,3 +43,17 @@ def check_safe_targets(cfg: Any, source: str) -> None:
             f"{source} asks to build {unsafe}, outside downscale/torch/lightning; refusing to load it "
             "(only use checkpoints you trust, and re-export them with this version of downscale)"
         )
+
+
+def instantiate_user(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising a constructor's :class:`UserError` as itself (Hydra
+    wraps it in an ``InstantiationException``) so that the entry point prints one line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from exc
+        raise

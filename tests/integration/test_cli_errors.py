@@ -19,6 +19,8 @@ CASES = [
     (["train", "resume=/nonexistent/run"], "cannot resume"),
     (["train", "data.store=/nonexistent/store.zarr"], "dataset store not found"),
     (["sample", "sampler=nonexistent"], "unknown option sampler=nonexistent"),
+    (["sample", "schedule=nonexistent"], "unknown option schedule=nonexistent"),
+    (["sample", "sampler.steps=0"], "sampler.steps must be an integer >= 1"),
     (["sample"], "give exactly one of run_dir"),
     (["sample", "run_dir=/nonexistent"], "run_dir not found"),
     (["sample", "ckpt=/nonexistent.ckpt"], "checkpoint not found"),

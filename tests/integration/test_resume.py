@@ -11,7 +11,6 @@ from tests.conftest import TINY_DATA, compose_config
 
 COMMON = [
     *TINY_DATA,
-    "logger=csv",
     "callbacks=none",
     "trainer.deterministic=true",
     "trainer.limit_train_batches=3",
@@ -20,8 +19,8 @@ COMMON = [
 ]
 
 
-def _train(out, extra):
-    cfg = compose_config("train", [*COMMON, f"paths.output_dir={out}", *extra])
+def _train(out, extra, logger="csv"):
+    cfg = compose_config("train", [*COMMON, f"logger={logger}", f"paths.output_dir={out}", *extra])
     return run(cfg)
 
 
@@ -55,7 +54,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, cache_dir, model):
 
 def test_resume_missing_dir_is_a_user_error(tmp_path, cache_dir):
     cfg = compose_config(
-        "train", [*COMMON, f"paths.output_dir={tmp_path}/x", f"resume={tmp_path}/missing"]
+        "train",
+        [*COMMON, "logger=csv", f"paths.output_dir={tmp_path}/x", f"resume={tmp_path}/missing"],
     )
     with pytest.raises(SystemExit) as info:
         run(cfg)
@@ -73,3 +73,13 @@ def test_resume_keeps_earlier_metrics(tmp_path, cache_dir):
     header = lines[0].split(",")
     epochs = [row.split(",")[header.index("epoch")] for row in lines[1:]]
     assert "0" in epochs and "1" in epochs
+
+
+def test_resume_continues_the_same_wandb_run(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _train(tmp_path, ["trainer.max_epochs=1"], logger="wandb")
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    _train(tmp_path / "unused", ["trainer.max_epochs=2", f"resume={tmp_path}"], logger="wandb")
+    assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
+    runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,15 @@ from downscale.data.datamodule import DownscaleDataModule
 from downscale.data.scaling import LogScaler, ZScaler
 from downscale.data.synthetic import synthetic_store
 from downscale.sampling import driver
-from downscale.sampling.driver import SampleRequest, SamplerRun, make_generators, write_samples
-from downscale.sampling.samplers import sample_euler_ancestral
+from downscale.sampling.driver import (
+    Ranks,
+    SampleRequest,
+    SamplerRun,
+    batch_slices,
+    make_generators,
+    write_samples,
+)
+from downscale.sampling.samplers import SamplingError, sample_euler, sample_euler_ancestral
 from downscale.sampling.schedules import sigmas_karras
 from downscale.utils.errors import UserError
 
@@ -182,3 +191,188 @@ def test_store_layout_units_and_mask(tmp_path, datamodule):
     )
     invalid = ~datamodule.fields.mask
     assert np.isnan(ds.precip.values[..., invalid]).all()
+
+
+@pytest.mark.parametrize(
+    ("n_times", "n_members", "batch"), [(5, 3, 16), (5, 3, 3), (4, 7, 3), (1, 1, 1)]
+)
+def test_batches_cover_every_draw_once_and_fill_the_batch(n_times, n_members, batch):
+    seen = np.zeros((n_times, n_members), int)
+    sizes = []
+    for t, m in batch_slices(n_times, n_members, batch):
+        seen[t, m] += 1
+        sizes.append((t.stop - t.start) * (m.stop - m.start))
+    assert (seen == 1).all()
+    assert max(sizes) <= batch
+    # all but the last batch of a time (or of the block) are as full as whole ensembles allow
+    full = batch // n_members * n_members if n_members <= batch else batch
+    assert sorted(sizes)[len(sizes) // 2 :] == [full] * (len(sizes) - len(sizes) // 2) or (
+        len(sizes) == 1
+    )
+
+
+def test_members_split_across_batches_give_the_same_draws(tmp_path, datamodule):
+    a = write_samples(
+        GaussianModel(),
+        datamodule,
+        sampler(),
+        request(tmp_path, datamodule, "a.zarr"),
+        batch_size=12,
+        progress=False,
+    )
+    b = write_samples(
+        GaussianModel(),
+        datamodule,
+        sampler(),
+        request(tmp_path, datamodule, "b.zarr"),
+        batch_size=2,
+        progress=False,  # 3 members > 2: each ensemble is split in two batches
+    )
+    np.testing.assert_array_equal(read(a["path"]), read(b["path"]))
+
+
+class ThreadRanks(Ranks):
+    """Ranks of threads in one process: a real barrier and sum, to test the shared-store protocol."""
+
+    def __init__(self, rank, world_size, barrier, totals):
+        super().__init__(rank, world_size)
+        object.__setattr__(self, "_barrier", barrier)
+        object.__setattr__(self, "_totals", totals)
+
+    def barrier(self):
+        self._barrier.wait(timeout=120)
+
+    def sum(self, value):
+        self._totals[self.rank] = value
+        self.barrier()
+        return sum(self._totals)
+
+
+def test_ranks_take_disjoint_blocks_and_write_one_identical_store(tmp_path, datamodule):
+    single = write_samples(
+        GaussianModel(),
+        datamodule,
+        sampler(),
+        request(tmp_path, datamodule, "one.zarr"),
+        progress=False,
+    )
+    world, barrier, totals = 2, threading.Barrier(2), [0, 0]
+    models, results, errors = [GaussianModel() for _ in range(world)], [None] * world, []
+    req = request(tmp_path, datamodule, "two.zarr")
+
+    def work(rank):
+        try:
+            results[rank] = write_samples(
+                models[rank],
+                datamodule,
+                sampler(),
+                req,
+                progress=False,
+                batch_size=12,  # one batch per block
+                ranks=ThreadRanks(rank, world, barrier, totals),
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    n_blocks = -(-len(req.times) // req.block_size)  # 10 test days in blocks of 4: 3 blocks
+    assert [m.calls for m in models] == [2 * 1, 1 * 1]  # rank 0: blocks 0, 2; rank 1: block 1
+    assert results[0]["blocks_computed"] == results[1]["blocks_computed"] == n_blocks
+    np.testing.assert_array_equal(read(results[0]["path"]), read(single["path"]))
+    one = xr.open_zarr(single["path"], consolidated=False)
+    two = xr.open_zarr(results[0]["path"], consolidated=False)
+    assert one.attrs == two.attrs
+
+
+def test_ranks_default_to_one_process():
+    assert Ranks.current() == Ranks(0, 1)
+    assert Ranks(1, 3).blocks(list(range(8))) == [1, 4, 7]
+
+
+class NaNModel(GaussianModel):
+    """Its denoiser breaks down below sigma 1 (as a diverged network would)."""
+
+    def denoise(self, x, sigma, cond):
+        out = super().denoise(x, sigma, cond)
+        return out * torch.where(sigma.view(-1, 1, 1, 1) < 1.0, float("nan"), 1.0)
+
+
+def test_nan_mid_sampling_names_the_step_and_writes_nothing(tmp_path, datamodule):
+    run = SamplerRun(fn=sample_euler, sigmas=sigmas_karras(6, 0.02, 10.0))
+    req = request(tmp_path, datamodule)
+    first_bad = int(np.argmax(run.sigmas.numpy() < 1.0))
+    with pytest.raises(SamplingError, match=f"at step {first_bad} of 6"):
+        write_samples(NaNModel(), datamodule, run, req, progress=False)
+    assert not req.out.exists()
+    ds = xr.open_zarr(req.out.with_name(req.out.name + ".partial"), consolidated=False)
+    assert not list(req.out.with_name(req.out.name + ".blocks").iterdir())  # no block claimed done
+    assert np.isnan(ds.precip.values).all()  # unwritten chunks only: no half-written block
+
+
+class NaNGenerator(GaussianModel):
+    """A model without a sampler (a GAN or regression) whose output is NaN for one day."""
+
+    def generate(self, cond, n_members, *, sampler, generators):
+        out = torch.zeros(cond.shape[0], n_members, 1, *cond.shape[-2:])
+        out[-1] = float("nan")
+        return out
+
+
+def test_non_finite_model_output_is_refused_before_writing(tmp_path, datamodule):
+    req = request(tmp_path, datamodule)
+    with pytest.raises(UserError, match="non-finite values for time index 3"):
+        write_samples(NaNGenerator(), datamodule, None, req, batch_size=12, progress=False)
+    assert not req.out.exists()
+
+
+class LocalModel(GaussianModel):
+    """Exact Gaussian denoiser around a 3 x 3 mean of the cond (a local operator of radius 1);
+    records the largest batch its denoiser sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def denoise(self, x, sigma, cond):
+        self.largest = max(self.largest, x.shape[0])
+        mean = torch.nn.functional.avg_pool2d(cond[:, :1], 3, stride=1, padding=1)
+        return super().denoise(x, sigma, torch.cat([mean, cond[:, 1:]], 1))
+
+
+def test_tiled_sampling_covers_the_domain_and_equals_untiled_for_a_local_denoiser(
+    tmp_path, datamodule
+):
+    from functools import partial
+
+    from downscale.sampling.tiling import TiledDenoiser
+
+    plain = write_samples(
+        LocalModel(),
+        datamodule,
+        sampler(),
+        request(tmp_path, datamodule, "plain.zarr"),
+        batch_size=12,
+        progress=False,
+    )
+    model = LocalModel()
+    run = sampler()
+    # 16 x 16 domain, 8 px tiles: 3 x 3 tiles; halo 1 >= the operator's radius -> exact
+    run.wrap = partial(TiledDenoiser, tile=8, overlap=4, halo=1, max_batch=5)
+    tiled = write_samples(
+        model,
+        datamodule,
+        run,
+        request(tmp_path, datamodule, "tiled.zarr"),
+        batch_size=12,
+        progress=False,
+    )
+    ds = xr.open_zarr(tiled["path"], consolidated=False)
+    assert ds.precip.shape[-2:] == datamodule.ds.precip.shape[-2:] == (16, 16)
+    assert model.largest == 5  # bounded by max_batch: never the 12 x 9 tiles of a whole batch
+    np.testing.assert_allclose(read(tiled["path"]), read(plain["path"]), rtol=1e-5, atol=1e-6)

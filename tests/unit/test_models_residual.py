@@ -1,0 +1,147 @@
+"""Residual (CorrDiff) model: generate = mean + residual, regression checkpoints, stages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from downscale.models.regression import RegressionModel
+from downscale.models.residual import ResidualModel
+from downscale.utils.errors import UserError
+from tests.conftest import compose_config
+from tests.unit.models_helpers import (
+    C_COND,
+    C_OUT,
+    SIZE,
+    adam,
+    batch,
+    diffusion_loss,
+    edm_precond,
+    ema,
+    tiny_net,
+)
+
+
+def make(**kwargs) -> ResidualModel:
+    torch.manual_seed(0)
+    kwargs.setdefault("regression_epochs", 1)
+    return ResidualModel(
+        tiny_net,
+        edm_precond(),
+        diffusion_loss(),
+        out_channels=C_OUT,
+        cond_channels=C_COND,
+        optimizer=adam,
+        ema=ema,
+        **kwargs,
+    )
+
+
+def _perturb(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def test_generate_is_mean_plus_residual():
+    model = make().eval()
+    model.ema = None
+    _perturb(model.body)  # a non-zero regression output
+    cond = batch(b=2)["cond"]
+    residual = torch.randn(2 * 3, C_OUT, SIZE, SIZE)
+    seen = {}
+
+    def fake_sampler(denoiser, cond_in, *, out_channels, generators):
+        seen["cond"], seen["denoiser"] = cond_in, denoiser
+        return residual
+
+    out = model.generate(cond, 3, sampler=fake_sampler, generators=None)
+    mean = model.regression(cond)
+    assert out.shape == (2, 3, C_OUT, SIZE, SIZE)
+    assert mean.abs().max() > 0
+    expected = mean.repeat_interleave(3, 0) + residual
+    torch.testing.assert_close(out.view(6, C_OUT, SIZE, SIZE), expected)
+    # the residual denoiser is conditioned on the predictors and the mean
+    assert seen["denoiser"] is model.denoiser
+    torch.testing.assert_close(seen["cond"][:, C_COND:], mean.repeat_interleave(3, 0))
+
+
+def test_stages_train_regression_then_residual():
+    model = make(regression_epochs=1)
+    assert model.in_regression_stage()  # epoch 0 outside a Trainer
+    loss = model.training_step(batch(), 0)
+    loss.backward()
+    assert all(p.grad is None for p in model.denoiser.parameters())
+    assert any(p.grad is not None for p in model.regression.parameters())
+    model.zero_grad(set_to_none=True)
+    model.regression_epochs = 0  # residual stage
+    loss = model.training_step(batch(), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in model.regression.parameters())
+    assert any(p.grad is not None for p in model.denoiser.parameters())
+
+
+def _regression_checkpoint(path, model):
+    cfg = compose_config("train", ["model=regression", "paths.output_dir=/tmp/unused"])
+    config = {
+        "model": {"_target_": "downscale.models.regression.RegressionModel", "loss": "mse"},
+        "net": {
+            "_target_": "downscale.nets.unet.UNet",
+            "_partial_": True,
+            **{k: v for k, v in tiny_net.keywords.items()},
+        },
+        "seed": int(cfg.seed),
+    }
+    config["model"]["optimizer"] = {"_target_": "torch.optim.Adam", "_partial_": True}
+    config["model"]["ema"] = {"_target_": "downscale.models.ema.EMA", "_partial_": True}
+    channels = {"out_channels": C_OUT, "cond_channels": C_COND}
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "downscale": {"config": config, "channels": channels, "scalers": {}, "grid": {}},
+        },
+        path,
+    )
+
+
+def test_trains_from_a_regression_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    regression = RegressionModel(
+        tiny_net, out_channels=C_OUT, cond_channels=C_COND, optimizer=adam, ema=ema
+    )
+    _perturb(regression.regressor)
+    regression.ema.update_parameters(regression.regressor)
+    path = tmp_path / "regression.ckpt"
+    _regression_checkpoint(path, regression)
+    model = make(regression_ckpt=str(path))
+    cond = batch()["cond"]
+    torch.testing.assert_close(model.regression(cond), regression.inference_module()(cond))
+    assert not any(p.requires_grad for p in model.regression.parameters())
+    assert model.regression_epochs == 0 and not model.in_regression_stage()
+    # the saved config no longer needs the regression file
+    ckpt = {}
+    model.run_info = {"config": {"model": {"regression_ckpt": str(path)}}}
+    model.on_save_checkpoint(ckpt)
+    assert ckpt["downscale"]["config"]["model"]["regression_ckpt"] is None
+    assert ckpt["downscale"]["config"]["model"]["regression_trained"] is True
+    assert model.run_info["config"]["model"]["regression_ckpt"] == str(path)
+
+
+def test_missing_or_wrong_regression_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        make(regression_ckpt=str(tmp_path / "missing.ckpt"))
+    diffusion = tmp_path / "diffusion.ckpt"
+    torch.save(
+        {
+            "state_dict": {},
+            "downscale": {
+                "config": {"model": {"_target_": "downscale.models.diffusion.DiffusionModel"}}
+            },
+        },
+        diffusion,
+    )
+    with pytest.raises(UserError, match="not a regression one"):
+        make(regression_ckpt=str(diffusion))
+    with pytest.raises(UserError, match="needs a regression"):
+        make(regression_epochs=0)
