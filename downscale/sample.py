@@ -130,6 +130,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
+            # training days (indices into the store's time axis) for the analog baseline
+            "train_time_index": [int(i) for i in datamodule.split_indices.get("train", ())],
             "model": type(model).__name__,
         },
     )

@@ -108,3 +108,19 @@ def test_compute_baselines_from_the_default_config():
     for name, da in out.items():
         assert da.dims == ("member", "time", "lat", "lon"), name
         assert da.sizes["time"] == 4 and np.isfinite(da.values).all(), name
+
+
+def test_rainfarm_and_interpolation_are_lazy_and_chunking_does_not_change_them():
+    store = make_store(days=5)
+    times = store.time.values
+    whole = baselines.rainfarm_baseline(store, times, n_members=2, seed=3)
+    assert whole.chunks is not None  # dask: computed block by block when scored
+    split = baselines.rainfarm(
+        store.coarse_precip.assign_attrs(units="mm/day"), store, n_members=2, seed=3, time_chunk=2
+    )
+    np.testing.assert_array_equal(whole.values, split.values)
+    assert whole.attrs["rainfarm_slope"] == split.attrs["rainfarm_slope"]
+    linear = baselines.interpolation_baseline(store, times)
+    assert linear.chunks is not None
+    per_day = baselines.interpolate(store.coarse_precip, store, time_chunk=1)
+    np.testing.assert_allclose(linear.values, per_day.values, rtol=1e-12)
