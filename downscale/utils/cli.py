@@ -3,6 +3,7 @@ ends with one line naming the problem and the fix (and exit status 2) instead of
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -61,7 +62,13 @@ def check_overrides(config_name: str, argv: list[str]) -> str | None:
 
 
 def run_cli(config_name: str, hydra_main: Callable[[], Any]) -> None:
-    """Validate the command line, then hand over to Hydra's own main."""
+    """Validate the command line, then hand over to Hydra's own main.
+
+    ``--debug`` (anywhere on the line) is the same as ``HYDRA_FULL_ERROR=1``: full tracebacks.
+    """
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     argv = sys.argv[1:]
     if overrides_only(argv) and not full_traceback_requested():
         problem = check_overrides(config_name, argv)

@@ -319,10 +319,13 @@ def test_cli_one_line(argv, message, ctx, tmp_path):
     assert not (tmp_path / "run").exists()  # not even Hydra's records of the failed run
 
 
-@pytest.mark.parametrize("flag", ["HYDRA_FULL_ERROR", "DOWNSCALE_DEBUG"])
+@pytest.mark.parametrize("flag", ["HYDRA_FULL_ERROR", "DOWNSCALE_DEBUG", "--debug"])
 def test_full_traceback_on_request(flag, ctx, tmp_path):
     argv = _fill(["downscale.sample", "sampler.steps=0", "run_dir={run_dir}"], ctx)
-    proc = _cli(argv, tmp_path, ctx, **{flag: "1"})
+    if flag.startswith("--"):
+        proc = _cli([*argv, flag], tmp_path, ctx)
+    else:
+        proc = _cli(argv, tmp_path, ctx, **{flag: "1"})
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError" in proc.stderr
     assert "sampler.steps must be an integer >= 1" in proc.stderr
