@@ -261,9 +261,15 @@ def open_data(path: str | Path, chunks: Mapping[str, int]) -> xr.Dataset:
         raise UserError(
             f"'{path}' does not exist; give the path of an existing store or netCDF file"
         )
-    if path.suffix in (".nc", ".nc4", ".netcdf") or path.is_file():
-        return xr.open_dataset(path, chunks=dict(chunks))
-    return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
+    try:
+        if path.suffix in (".nc", ".nc4", ".netcdf") or path.is_file():
+            return xr.open_dataset(path, chunks=dict(chunks))
+        return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise UserError(
+            f"cannot read '{path}' ({type(exc).__name__}); is it complete? Rewrite it "
+            "(rerun the step that made it)"
+        ) from exc
 
 
 def pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:

@@ -253,8 +253,8 @@ def write_samples(
     ``ranks`` defaults to the ``torch.distributed`` process group when one is initialised; every
     rank must call this with the same request.
     """
-    require(request.n_members >= 1, "n_members must be at least 1")
-    require(request.block_size >= 1, "block_size must be at least 1")
+    require(request.n_members >= 1, "n_members must be at least 1; e.g. n_members=4")
+    require(request.block_size >= 1, "block_size must be at least 1; e.g. block_size=8")
     require(batch_size >= 1, "batch_size must be at least 1")
     ranks = ranks or Ranks.current()
     if request.out.exists():
