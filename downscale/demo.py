@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     extra = list(argv if argv is not None else sys.argv[1:])
     train_cfg = compose_config(
-        "train", [f"paths.output_dir={root / 'train'}", "trainer.max_epochs=15", *extra]
+        "train", [f"paths.output_dir={root / 'train'}", "experiment=demo", *extra]
     )
     trained = train.run(train_cfg)
     sample_cfg = compose_config(
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
         [
             f"paths.output_dir={root / 'sample'}",
             f"run_dir={trained['run_dir']}",
-            "sampler=heun",
+            "sampler=dpm2_heun",
             "sampler.steps=10",
+            "evaluation=default",
         ],
     )
     sampled = sample.run(sample_cfg)

@@ -35,7 +35,8 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True)
     steps = sampler_cfg.pop("steps", None)
     require(
-        isinstance(steps, int) and steps >= 1, f"sampler.steps must be an integer >= 1, got {steps}"
+        isinstance(steps, int) and steps >= 1,
+        f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
     )
     sigmas = instantiate(cfg.schedule)(steps)
     fn = instantiate(sampler_cfg)
@@ -129,6 +130,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
+            # training days (indices into the store's time axis) for the analog baseline
+            "train_time_index": [int(i) for i in datamodule.split_indices.get("train", ())],
             "model": type(model).__name__,
         },
     )

@@ -7,6 +7,7 @@ command-line wrapper.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from downscale.utils.atomic import atomic_path
@@ -29,14 +31,17 @@ CONFIG_KEYS_SAVED = ("data", "model", "net", "seed")
 
 
 def _resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``last.ckpt`` of the run to resume, or its ``on_exception.ckpt`` (saved on SIGTERM) if newer."""
     if cfg.get("resume") is None:
         return None
-    path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+    folder = Path(cfg.resume) / "checkpoints"
+    path = folder / "last.ckpt"
+    found = [p for p in (path, folder / "on_exception.ckpt") if p.is_file()]
     require(
-        path.is_file(),
+        bool(found),
         f"cannot resume: {path} does not exist; pass resume=<train run dir> of a run that saved a checkpoint",
     )
-    return str(path)
+    return str(max(found, key=lambda p: p.stat().st_mtime_ns))
 
 
 def _init_from(model: L.LightningModule, path: str, channels: dict, targets: list) -> None:
@@ -76,6 +81,7 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
+    datamodule.train_dataloader()  # a patch larger than the domain fails here, before any output
     channels = {"out_channels": datamodule.out_channels, "cond_channels": datamodule.cond_channels}
     model = instantiate_user(cfg.model, net=instantiate(cfg.net), **channels)
     model.run_info = {
@@ -119,7 +125,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(model.run_info["config"])
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (
+            SIGTERMException
+        ):  # Lightning stops after the current batch; on_exception.ckpt is saved
+            print(f"stopped by SIGTERM; continue with resume={run_dir}", file=sys.stderr)
+            sys.exit(143)
         summary = model.run_summary()
         if trainer.is_global_zero:
             write_summary(run_dir, summary, trainer)

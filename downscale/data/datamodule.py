@@ -112,6 +112,11 @@ class DownscaleDataModule(L.LightningDataModule):
         if self.fields is not None:
             return
         ds = open_store(self.store, self.recipe)
+        require(
+            self.batch_size >= 1 and self.eval_batch_size >= 1,
+            f"data.batch_size={self.batch_size} / data.eval_batch_size={self.eval_batch_size} must be "
+            ">= 1; set a positive batch size",
+        )
         names = self.targets + self.coarse_names + self.static_names
         require_variables(ds, names, f"data config for {self.store}")
         unscaled = [n for n in names if n not in self.scalers]

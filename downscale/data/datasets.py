@@ -232,7 +232,7 @@ class RandomPatchDataset(Dataset):
         ny, nx = fields.shape
         require(
             h <= ny and w <= nx,
-            f"patch {h} x {w} is larger than the {ny} x {nx} domain; use a smaller data.patch_size",
+            f"patch {h} x {w} is larger than the {ny} x {nx} domain; use a smaller data.train_dataset.patch_size",
         )
         self.fields, self.times, self.size = fields, np.asarray(times), (h, w)
         self.patches_per_time = patches_per_time

@@ -75,7 +75,7 @@ def time_split(times: pd.DatetimeIndex, bounds: list) -> np.ndarray:
     if all(isinstance(b, int | float) for b in bounds):
         require(
             0.0 <= start < end <= 1.0,
-            f"fractional split {bounds} must satisfy 0 <= start < end <= 1",
+            f"fractional split {bounds} must satisfy 0 <= start < end <= 1; e.g. [0.9, 1.0] for the last 10 %",
         )
         return np.arange(int(round(start * n)), int(round(end * n)))
     try:

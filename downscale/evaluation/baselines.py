@@ -8,9 +8,12 @@ on ``(time, lat_coarse, lon_coarse)``) and are listed in ``conf/evaluation/defau
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask
+import dask.array
 import numpy as np
 import scipy.ndimage
 import scipy.sparse
@@ -64,14 +67,17 @@ def interpolate(
     method: str = "linear",
     *,
     clip_min: float | None = 0.0,
+    time_chunk: int = 16,
 ) -> xr.DataArray:
     """Bilinear (``linear``) or bicubic (``cubic``) interpolation of the coarse field to the fine
     grid (scipy ``interpn`` through xarray), extrapolating at the edges; values below ``clip_min``
     (cubic overshoot of a non-negative field) are clipped. NaN coarse cells (sea) are first filled
-    from the nearest valid cell so that coastal pixels get values. One member."""
+    from the nearest valid cell so that coastal pixels get values. One member, lazy (dask) over ``time_chunk`` days."""
     src = _to_fine_names(coarse)
     src = src.transpose(..., LAT, LON)
     src = src.copy(data=_fill_nearest_2d(src.values))
+    if TIME in src.dims:  # lazy over time blocks: the fine fields of a long period stay on disk
+        src = src.chunk({TIME: time_chunk})
     out = src.interp(
         {LAT: fine_grid[LAT].values, LON: fine_grid[LON].values},
         method=method,
@@ -170,8 +176,9 @@ def rainfarm(
     n_members: int = 16,
     seed: int = 0,
     slope: float | None = None,
+    time_chunk: int = 16,
 ) -> xr.DataArray:
-    """RainFARM (Rebora et al. 2006) stochastic downscaling.
+    """RainFARM (Rebora et al. 2006) stochastic downscaling, lazy (dask) over ``time_chunk`` days.
 
     1. alpha = the coarse fields' spectral slope (:func:`spectral_slope`) unless ``slope`` is given;
     2. per member and day a unit-variance Gaussian field g on the fine grid with PSD ~ |k|^-alpha
@@ -193,20 +200,31 @@ def rainfarm(
     avg = scipy.sparse.csr_matrix(
         (1.0 / counts[cell], (np.arange(cell.size), cell)), shape=(cell.size, n_cells)
     )
-    values = src.transpose(TIME, LAT, LON).values.reshape(src.sizes[TIME], n_cells)
-    rng = np.random.default_rng(seed)
-    out = np.empty((n_members, src.sizes[TIME], ny * nx), dtype=np.float32)
-    for t in range(src.sizes[TIME]):
-        r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
-        cell_mean = np.asarray(r @ avg)  # (members, cells)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            factor = values[t][None, :] / cell_mean
-        out[:, t] = r * factor[:, cell]
-    da = xr.DataArray(
-        out.reshape(n_members, src.sizes[TIME], ny, nx),
-        dims=(MEMBER, TIME, LAT, LON),
-        coords={TIME: src[TIME].values},
-    )
+    values = np.asarray(src.transpose(TIME, LAT, LON).values).reshape(src.sizes[TIME], n_cells)
+
+    def days(first: int, block: np.ndarray) -> np.ndarray:
+        # one generator per day (seed, day position): draws do not depend on the time chunking
+        out = np.empty((n_members, block.shape[0], ny * nx), dtype=np.float32)
+        for i, coarse_day in enumerate(block):
+            rng = np.random.default_rng([seed, first + i])
+            r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
+            cell_mean = np.asarray(r @ avg)  # (members, cells)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                factor = coarse_day[None, :] / cell_mean
+            out[:, i] = r * factor[:, cell]
+        return out.reshape(n_members, block.shape[0], ny, nx)
+
+    # lazy over blocks of `time_chunk` days: a long test period never sits in memory at once
+    blocks = [
+        dask.array.from_delayed(
+            dask.delayed(days)(lo, values[lo : lo + time_chunk]),
+            shape=(n_members, len(values[lo : lo + time_chunk]), ny, nx),
+            dtype=np.float32,
+        )
+        for lo in range(0, len(values), time_chunk)
+    ]
+    lazy = dask.array.concatenate(blocks, axis=1)
+    da = xr.DataArray(lazy, dims=(MEMBER, TIME, LAT, LON), coords={TIME: src[TIME].values})
     result = _finish(da, fine_grid, coarse.attrs.get("units"), "rainfarm")
     return result.assign_attrs(rainfarm_slope=alpha, seed=seed)
 
@@ -294,6 +312,25 @@ def rainfarm_baseline(
     return rainfarm(coarse, store, n_members=n_members, seed=seed, slope=slope)
 
 
+def _factories(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    entries = cfg.get("baselines", cfg) if "baselines" in cfg else cfg
+    return dict(instantiate(entries or {}))
+
+
+def needs_training_days(fn: Any) -> bool:
+    """True when a baseline factory has no default for ``train_times`` (e.g. analogs)."""
+    param = inspect.signature(fn).parameters.get("train_times")
+    return param is not None and param.default is inspect.Parameter.empty
+
+
+def _call(fn: Any, store: xr.Dataset, test_times, train_times, variable: str | None):
+    extra = {}
+    if variable is not None and "variable" in inspect.signature(fn).parameters:
+        extra["variable"] = variable
+    return fn(store, test_times=test_times, train_times=train_times, **extra)
+
+
 def compute_baselines(
     store: xr.Dataset,
     test_times: Sequence,
@@ -302,10 +339,35 @@ def compute_baselines(
 ) -> dict[str, xr.DataArray]:
     """Every baseline in ``cfg.baselines`` (an evaluation config) or in ``cfg`` itself (a mapping
     name -> ``_target_`` + ``_partial_`` entry), computed on ``test_times``."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    entries = cfg.get("baselines", cfg) if "baselines" in cfg else cfg
-    factories = instantiate(entries or {})
     return {
-        name: fn(store, test_times=test_times, train_times=train_times)
-        for name, fn in factories.items()
+        name: _call(fn, store, test_times, train_times, None)
+        for name, fn in _factories(cfg).items()
     }
+
+
+def available_baselines(
+    store: xr.Dataset,
+    test_times: Sequence,
+    train_times: Sequence | None,
+    cfg: DictConfig | Mapping[str, Any],
+    *,
+    variable: str | None = None,
+    why_no_training_days: str = "the samples store records no training days",
+) -> tuple[dict[str, xr.DataArray], dict[str, str]]:
+    """Like :func:`compute_baselines`, but a baseline that cannot be computed is skipped with the
+    reason instead of stopping the evaluation: one needing training days when ``train_times`` is
+    None, or one the store cannot feed (its :class:`UserError`, e.g. no ``coarse_<var>``).
+
+    Returns ``(baselines, skipped)``, ``skipped`` mapping ``baseline <name>`` to the reason.
+    """
+    out: dict[str, xr.DataArray] = {}
+    skipped: dict[str, str] = {}
+    for name, fn in _factories(cfg).items():
+        if train_times is None and needs_training_days(fn):
+            skipped[f"baseline {name}"] = f"needs the training days; {why_no_training_days}"
+            continue
+        try:
+            out[name] = _call(fn, store, test_times, train_times, variable)
+        except UserError as exc:
+            skipped[f"baseline {name}"] = str(exc)
+    return out, skipped

@@ -98,6 +98,87 @@ def sample_panels(ctx: FigureContext, path: Path, *, n_days: int = 3, n_members:
     plt.close(fig)
 
 
+def _wettest_window(ctx: FigureContext, n: int) -> int:
+    """Start of the ``n`` consecutive days with the largest summed observed domain mean."""
+    dm = apply_mask(ctx.obs, ctx.mask).mean(list(spatial_dims(ctx.obs))).compute().values
+    totals = np.convolve(np.nan_to_num(dm), np.ones(n), mode="valid")
+    return int(np.argmax(totals))
+
+
+def time_lapse(ctx: FigureContext, path: Path, *, n_days: int = 5, n_members: int = 2) -> None:
+    """Five consecutive days (columns) of the truth and two members (rows), in the wettest window
+    of ``n_days`` days, on one colour scale: does the model move the rain like the truth?"""
+    n = min(n_days, ctx.obs.sizes[TIME])
+    start = _wettest_window(ctx, n)
+    days = slice(start, start + n)
+    members = min(n_members, ctx.samples.sizes[MEMBER])
+    obs = apply_mask(ctx.obs.isel({TIME: days}), ctx.mask).compute()
+    smp = apply_mask(ctx.samples.isel({TIME: days, MEMBER: slice(0, members)}), ctx.mask).compute()
+    vmax = float(np.nanpercentile(obs.values, 99.5)) or 1.0
+    rows = [("truth", obs)] + [(f"member {m}", smp.isel({MEMBER: m})) for m in range(members)]
+    fig = plt.figure(figsize=(2.3 * n + 1, 2.2 * len(rows)))
+    for r, (label, field_) in enumerate(rows):
+        for c in range(n):
+            da = field_.isel({TIME: c})
+            ax, extra = _map_axes(fig, len(rows), n, r * n + c + 1, da)
+            im = _imshow(ax, da, extra, vmin=0, vmax=vmax, cmap="Blues")
+            day = str(obs[TIME].values[c])[:10] if TIME in obs.coords else str(c)
+            ax.set_title(f"{label} {day}", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=fig.axes, shrink=0.6, label=ctx.units)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def annual_max_days(obs: xr.DataArray, mask: xr.DataArray | None = None) -> np.ndarray:
+    """Indices of the day with the largest observed domain mean in each year (the whole period
+    counts as one year without a datetime time axis)."""
+    dm = apply_mask(obs, mask).mean(list(spatial_dims(obs))).compute()
+    values = np.nan_to_num(dm.values, nan=-np.inf)
+    if TIME in dm.coords and np.issubdtype(dm[TIME].dtype, np.datetime64):
+        years = dm[TIME].dt.year.values
+    else:
+        years = np.zeros(dm.sizes[TIME], dtype=int)
+    return np.array(
+        [np.flatnonzero(years == y)[np.argmax(values[years == y])] for y in np.unique(years)]
+    )
+
+
+def annual_max_day_bias(
+    samples: xr.DataArray,
+    obs: xr.DataArray,
+    mask: xr.DataArray | None = None,
+    days: np.ndarray | None = None,
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Ensemble-mean bias maps (data units, percent) over the annual-maximum ``days``
+    (default :func:`annual_max_days`)."""
+    from downscale.evaluation.metrics.climatology import bias_map
+
+    days = annual_max_days(obs, mask) if days is None else days
+    smp, sub = samples.isel({TIME: days}), obs.isel({TIME: days})
+    return (
+        bias_map(smp, sub, mask).compute(),
+        bias_map(smp, sub, mask, relative=True).compute(),
+    )
+
+
+def annual_max_bias_maps(ctx: FigureContext, path: Path) -> None:
+    """Bias of the ensemble mean on the observed annual-maximum days (the wettest domain-mean day
+    of each year), averaged over those days: absolute (data units) and percent of the observed
+    mean on those days."""
+    days = annual_max_days(ctx.obs, ctx.mask)
+    absolute, relative = annual_max_day_bias(ctx.samples, ctx.obs, ctx.mask, days)
+    fig = plt.figure(figsize=(9, 3.6))
+    for i, (da, label) in enumerate([(absolute, f"bias [{ctx.units}]"), (relative, "bias [%]")]):
+        ax, extra = _map_axes(fig, 1, 2, i + 1, da)
+        lim = float(np.nanpercentile(np.abs(da.values), 98)) if np.isfinite(da.values).any() else 0
+        im = _imshow(ax, da, extra, cmap="BrBG", vmin=-(lim or 1.0), vmax=lim or 1.0)
+        fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+        ax.set_title(f"{label} on {len(days)} annual-maximum days", fontsize=9)
+    _save(fig, path)
+
+
 def _grid_km(da: xr.DataArray) -> float | None:
     ydim, _ = spatial_dims(da)
     if ydim not in da.coords or da.sizes[ydim] < 2:

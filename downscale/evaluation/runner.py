@@ -5,8 +5,8 @@
 ``fn(ctx, path)``), so this module never branches on names. Other keys: ``chunks`` (dask chunks,
 e.g. ``{time: 32}``), ``cluster`` (a dask.distributed scheduler address, or null for the local
 threaded scheduler), ``threshold_units`` (checked against the data's ``units``),
-``baseline_metrics`` (names scored for baselines; default all), ``wandb`` (log when a run is
-active).
+``baseline_metrics`` (names scored for baselines; default all), ``wandb`` (log to the active
+W&B run; :func:`downscale.evaluate.evaluate_store` starts one when true).
 """
 
 from __future__ import annotations
@@ -125,11 +125,14 @@ def to_dataset(results: Mapping[str, xr.DataArray]) -> xr.Dataset:
     return xr.Dataset(variables)
 
 
-def _write_json(path: Path, data: Mapping[str, float]) -> None:
-    clean = {
+def _finite(data: Mapping[str, float]) -> dict[str, float | None]:
+    return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()
     }
-    write_text(path, json.dumps(clean, indent=1, sort_keys=True) + "\n")
+
+
+def _write_json(path: Path, data: Mapping[str, float]) -> None:
+    write_text(path, json.dumps(_finite(data), indent=1, sort_keys=True) + "\n")
 
 
 def compute_metrics(
@@ -165,6 +168,19 @@ def _drop_invalid_days(samples, obs) -> tuple[xr.DataArray, xr.DataArray, int]:
     return samples, obs, dropped
 
 
+def _same_days(baseline: xr.DataArray, obs: xr.DataArray, name: str) -> xr.DataArray:
+    """The baseline on the days being scored (the samples' days less the dropped ones)."""
+    if TIME not in baseline.coords or TIME not in obs.coords:
+        return baseline
+    missing = np.setdiff1d(obs[TIME].values, baseline[TIME].values)
+    if missing.size:
+        raise UserError(
+            f"baseline '{name}' lacks {missing.size} of the evaluated days (first: {missing[0]}); "
+            "compute it on the samples' days"
+        )
+    return baseline.sel({TIME: obs[TIME].values})
+
+
 def _skipped(results: Mapping[str, xr.DataArray]) -> dict[str, str]:
     return {name: str(da.attrs["skipped"]) for name, da in results.items() if "skipped" in da.attrs}
 
@@ -177,13 +193,17 @@ def evaluate(
     cfg: DictConfig | Mapping[str, Any],
     out_dir: Path,
     baselines: Mapping[str, xr.DataArray] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Score ``samples`` (member, time, y, x) against ``obs`` (time, y, x) and write the outputs.
 
-    Writes ``metrics.json`` (flat headline numbers), ``metrics.nc`` (every metric array),
+    Writes ``metrics.json`` (flat headline numbers), ``scorecard.json`` (the flat numbers of the
+    model and of each baseline: ``{column: {metric: value}}``), ``metrics.nc`` (every metric array),
     ``figures/*.png`` and ``report.html`` (scorecard with baselines side by side) into ``out_dir``,
     each atomically, and returns the flat metrics. Days that are all-NaN in samples or observations
-    are skipped and counted in ``n_days_skipped``.
+    are skipped and counted in ``n_days_skipped``; baselines are scored on the same days and
+    cells. ``skipped`` (name -> reason, e.g. a baseline that could not be computed) is listed
+    under "Skipped" in the report beside the metrics that were skipped.
     """
     cfg = _as_config(cfg)
     out_dir = Path(out_dir)
@@ -207,12 +227,16 @@ def evaluate(
         scorecard = {MODEL: flat}
         aligned_baselines: dict[str, xr.DataArray] = {}
         for name, da in (baselines or {}).items():
-            b, bobs, _ = align(_chunk(da, chunks), obs, mask)
+            b, bobs, _ = align(_chunk(_same_days(da, obs, name), chunks), obs, mask)
             aligned_baselines[name] = b
             scorecard[name] = flatten(compute_metrics(metric_fns, b, bobs, mask, baseline_names))
 
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "metrics.json", flat)
+        write_text(
+            out_dir / "scorecard.json",
+            json.dumps({k: _finite(v) for k, v in scorecard.items()}, indent=1) + "\n",
+        )
         with atomic_path(out_dir / "metrics.nc") as tmp:
             to_dataset(results).to_netcdf(tmp)
         ctx = FigureContext(samples, obs, mask, results, aligned_baselines, units)
@@ -221,7 +245,8 @@ def evaluate(
             for name, fn in figure_fns.items():
                 fn(ctx, tmp / f"{name}.png")
     figures_dir = out_dir / "figures"
-    write_report(flat, scorecard, figures_dir, out_dir / "report.html", skipped=_skipped(results))
+    notes = {**_skipped(results), **(skipped or {})}
+    write_report(flat, scorecard, figures_dir, out_dir / "report.html", skipped=notes)
     if cfg.get("wandb", True):
         from downscale.logging.wandb_logging import log_to_wandb
 
@@ -229,18 +254,27 @@ def evaluate(
     return flat
 
 
-def _open(path: Path, chunks: Mapping[str, int]) -> xr.Dataset:
+def open_data(path: str | Path, chunks: Mapping[str, int]) -> xr.Dataset:
+    """Open a zarr store or a netCDF file lazily with dask ``chunks``."""
     path = Path(path)
     if not path.exists():
         raise UserError(
             f"'{path}' does not exist; give the path of an existing store or netCDF file"
         )
-    if path.suffix in (".nc", ".nc4", ".netcdf") or path.is_file():
-        return xr.open_dataset(path, chunks=dict(chunks))
-    return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
+    try:
+        if path.suffix in (".nc", ".nc4", ".netcdf") or path.is_file():
+            return xr.open_dataset(path, chunks=dict(chunks))
+        return xr.open_zarr(path, chunks=dict(chunks), consolidated=False)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise UserError(
+            f"cannot read '{path}' ({type(exc).__name__}); is it complete? Rewrite it "
+            "(rerun the step that made it)"
+        ) from exc
 
 
-def _pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:
+def pick_variable(ds: xr.Dataset, variable: str | None, what: str) -> str:
+    """``variable`` if ``ds`` has it, else the one variable with a member dim (samples) or the one
+    data variable besides ``valid_mask``; a :class:`UserError` when that is ambiguous."""
     if variable is not None:
         if variable not in ds.data_vars:
             raise UserError(
@@ -263,16 +297,23 @@ def evaluate_paths(
     cfg: DictConfig | Mapping[str, Any],
     out_dir: str | Path,
     baselines: Mapping[str, xr.DataArray] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
     """Open a samples store and an observation store/netCDF (with optional ``valid_mask``), then
     :func:`evaluate` them with dask chunks over time."""
     cfg = _as_config(cfg)
     chunks = OmegaConf.to_container(cfg.chunks) if cfg.get("chunks") else {TIME: 32}
-    sds = _open(Path(samples_path), {**chunks, MEMBER: -1})
-    ods = _open(Path(obs_path), chunks)
-    var = _pick_variable(sds, variable, "samples")
-    ovar = _pick_variable(ods, var if var in ods.data_vars else variable, "observations")
+    sds = open_data(samples_path, {**chunks, MEMBER: -1})
+    ods = open_data(obs_path, chunks)
+    var = pick_variable(sds, variable, "samples")
+    ovar = pick_variable(ods, var if var in ods.data_vars else variable, "observations")
     mask = ods["valid_mask"].load().astype(bool) if "valid_mask" in ods.data_vars else None
     return evaluate(
-        sds[var], ods[ovar], mask=mask, cfg=cfg, out_dir=Path(out_dir), baselines=baselines
+        sds[var],
+        ods[ovar],
+        mask=mask,
+        cfg=cfg,
+        out_dir=Path(out_dir),
+        baselines=baselines,
+        skipped=skipped,
     )

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import WandbLogger
 
+from downscale.utils.atomic import write_text
+
 
 def wandb_configured() -> bool:
     """True when W&B credentials exist (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
@@ -28,11 +30,10 @@ def wandb_mode(mode: str | None) -> str:
 def run_id(save_dir: str | Path) -> str:
     """The W&B run id of a run directory, created once and reused when the run is resumed."""
     path = Path(save_dir) / "wandb_id.txt"
-    if path.is_file():
+    if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     new = uuid.uuid4().hex[:12]
-    path.write_text(new)
+    write_text(path, new)
     return new
 
 

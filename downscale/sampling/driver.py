@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time as _time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,8 +254,8 @@ def write_samples(
     ``ranks`` defaults to the ``torch.distributed`` process group when one is initialised; every
     rank must call this with the same request.
     """
-    require(request.n_members >= 1, "n_members must be at least 1")
-    require(request.block_size >= 1, "block_size must be at least 1")
+    require(request.n_members >= 1, "n_members must be at least 1; e.g. n_members=4")
+    require(request.block_size >= 1, "block_size must be at least 1; e.g. block_size=8")
     require(batch_size >= 1, "batch_size must be at least 1")
     ranks = ranks or Ranks.current()
     if request.out.exists():
@@ -356,8 +357,17 @@ def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: i
     variables = {}
     ydim, xdim = datamodule.ds[datamodule.targets[0]].dims[-2:]
     for c, name in enumerate(datamodule.targets):
-        physical = datamodule.scalers[name].inverse(draws[:, :, c].astype(np.float64))
+        with np.errstate(over="ignore"):
+            physical = datamodule.scalers[name].inverse(draws[:, :, c].astype(np.float64))
         physical = np.where(mask[None, None], physical, np.nan).astype(np.float32)
+        overflow = int(np.isinf(physical).sum())
+        if overflow:
+            warnings.warn(
+                f"{overflow} sampled '{name}' values overflow in physical units (time indices "
+                f"{lo}..{hi - 1}): the sampler diverged; use more steps (sampler.steps) or another "
+                "sampler",
+                stacklevel=2,
+            )
         variables[name] = (("member", "time", ydim, xdim), np.moveaxis(physical, 0, 1))
     xr.Dataset(variables).to_zarr(
         store,

@@ -37,15 +37,22 @@ def replace(tmp: Path, final: Path) -> None:
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed to ``final``, on failure removed.
 
-    Works for files and for directory stores (zarr).
+    Works for files and for directory stores (zarr). Folders created for ``final`` are removed again
+    on failure when still empty, so a failed run leaves nothing behind.
     """
     final = Path(final)
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(final)
     try:
         yield tmp
     except BaseException:
         _remove(tmp)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): keep it and its parents
+                break
         raise
     replace(tmp, final)
 

@@ -18,7 +18,8 @@ def find_checkpoint(run_dir: str | Path | None, ckpt: str | Path | None) -> Path
     """The checkpoint named by ``ckpt``, or ``last.ckpt`` of a train ``run_dir``."""
     require(
         (run_dir is None) != (ckpt is None),
-        "give exactly one of run_dir=<train run dir> and ckpt=<checkpoint path>",
+        "give exactly one of run_dir=<train run dir> and ckpt=<checkpoint path>; "
+        "e.g. run_dir=outputs/train/<date>/<time>",
     )
     if ckpt is not None:
         path = Path(ckpt)
@@ -37,6 +38,7 @@ def find_checkpoint(run_dir: str | Path | None, ckpt: str | Path | None) -> Path
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` and check it carries a downscale config."""
+    require(Path(path).is_file(), f"checkpoint not found: {path}; check the path")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated or unsafe pickles all end here

@@ -3,6 +3,7 @@ ends with one line naming the problem and the fix (and exit status 2) instead of
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from downscale.utils.errors import full_traceback_requested
@@ -21,6 +22,12 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def explain_config_error(exc: BaseException) -> str:
     """One line for a Hydra/OmegaConf composition error, with the fix where we can name it."""
     text = str(exc)
+    if isinstance(exc, OverrideParseException):
+        reason = " ".join(text.split("See https")[0].split())
+        return (
+            f"cannot parse the override '{exc.override}' ({reason}); check its syntax, e.g. "
+            "key=value, key=[a,b], group=option (quote values with spaces)"
+        )
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
         group, option = missing.groups()
@@ -55,7 +62,13 @@ def check_overrides(config_name: str, argv: list[str]) -> str | None:
 
 
 def run_cli(config_name: str, hydra_main: Callable[[], Any]) -> None:
-    """Validate the command line, then hand over to Hydra's own main."""
+    """Validate the command line, then hand over to Hydra's own main.
+
+    ``--debug`` (anywhere on the line) is the same as ``HYDRA_FULL_ERROR=1``: full tracebacks.
+    """
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     argv = sys.argv[1:]
     if overrides_only(argv) and not full_traceback_requested():
         problem = check_overrides(config_name, argv)

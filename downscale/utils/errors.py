@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.errors import InstantiationException
@@ -36,6 +38,21 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+def discard_empty_run_dir() -> None:
+    """Remove the Hydra run dir of a failed command when it holds only Hydra's own records
+    (``.hydra/`` and the job log): a mistake leaves no run directory that looks like a result."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - no Hydra run (tests, library use): nothing to clean
+        return
+    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def report_user_errors(fn: F) -> F:
     """Wrap an entry point so that a :class:`UserError` prints one line and exits with status 2."""
 
@@ -47,6 +64,7 @@ def report_user_errors(fn: F) -> F:
             if full_traceback_requested():
                 raise
             print(f"error: {_one_line(exc)}", file=sys.stderr)
+            discard_empty_run_dir()
             sys.exit(2)
         except InstantiationException as exc:
             # a component's arguments from the config were rejected (wrong type, unknown argument)
@@ -57,6 +75,7 @@ def report_user_errors(fn: F) -> F:
                 "(HYDRA_FULL_ERROR=1 shows the trace)",
                 file=sys.stderr,
             )
+            discard_empty_run_dir()
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]

@@ -40,5 +40,5 @@ def check_trainer_types(trainer: Any) -> None:
         value = trainer.get(key)
         require(
             value is None or (isinstance(value, int) and not isinstance(value, bool)),
-            f"trainer.{key}={value!r} must be an integer",
+            f"trainer.{key}={value!r} must be an integer; e.g. trainer.{key}=10",
         )

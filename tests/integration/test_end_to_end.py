@@ -149,3 +149,37 @@ def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):
     assert len({*table["job"]}) == 4  # distinct job dirs
     assert (sweep / "summary.md").is_file() and (sweep / "report.html").is_file()
     assert (sweep / "sweep_crps_vs_nfe.png").is_file()
+
+
+def test_default_evaluation_scores_the_baselines_beside_the_model(trained):
+    """sample.py records the training days; evaluation=default then scores all five baselines on
+    the samples' days, and the report shows them beside the model."""
+    root, result = trained
+    cfg = sample_cfg(
+        root,
+        result["run_dir"],
+        "default-eval",
+        "evaluation=default",
+        "evaluation.wandb=false",
+        "evaluation.baselines.analogs.k=4",
+        "evaluation.baselines.rainfarm.n_members=4",
+    )
+    out = sample.run(cfg)
+    ds = xr.open_zarr(out["path"], consolidated=False)
+    datamodule = sample.build_datamodule(load_checkpoint(result["last_ckpt"]), None)
+    train = json.loads(ds.attrs["train_time_index"])
+    assert train == datamodule.split_indices["train"].tolist()
+    assert set(train).isdisjoint(ds.time_index.values.tolist())
+    out_dir = out["metrics_path"].parent
+    card = json.loads((out_dir / "scorecard.json").read_text())
+    assert list(card) == ["model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm"]
+    for name in ("bilinear", "bicubic", "nearest"):  # one member: CRPS is the MAE
+        assert card[name]["crps"] == pytest.approx(card[name]["mae"], rel=1e-6), name
+    for name in ("model", "analogs", "rainfarm"):  # spread: CRPS = MAE - E|X - X'| / 2 < MAE
+        assert card[name]["crps"] < card[name]["mae"], name
+    assert card["model"]["crps"] == pytest.approx(out["metrics"]["crps"])
+    html = (out_dir / "report.html").read_text()
+    assert all(f"<th>{name}</th>" in html for name in card)
+    assert {"time_lapse.png", "annual_max_bias_maps.png"} <= {
+        p.name for p in (out_dir / "figures").glob("*.png")
+    }

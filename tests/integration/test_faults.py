@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 import xarray as xr
 
 from downscale import train
@@ -102,3 +104,119 @@ def test_sampling_killed_midway_resumes_to_the_uninterrupted_result(checkpoint_r
     n_blocks = -(-ref_ds.sizes["time"] // 2)
     assert summary["blocks_computed"] == n_blocks - done_before  # finished blocks not recomputed
     np.testing.assert_array_equal(got_ds.precip.values, ref_ds.precip.values)
+
+
+TRAIN_ARGS = [
+    *TINY_DATA,
+    "trainer.deterministic=true",
+    "trainer.max_epochs=3",
+    "trainer.limit_val_batches=1",
+    "seed=7",
+    "callbacks=none",
+    "logger=wandb",  # csv + W&B (disabled by env_for): the run keeps its wandb_id.txt
+]
+
+
+def train_cmd(hydra_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "downscale.train",
+        *TRAIN_ARGS,
+        f"hydra.run.dir={hydra_dir}",
+        *extra,
+    ]
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not path.is_file() and proc.poll() is None:
+        time.sleep(0.02)
+    assert path.is_file(), f"{path} never appeared"
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_ref")
+    env = env_for(root / "cache")
+    subprocess.run(
+        train_cmd(root / "run"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600
+    )
+    return root, ckpt(root / "run" / "checkpoints" / "last.ckpt")
+
+
+def test_training_killed_resumes_to_the_uninterrupted_weights(uninterrupted):
+    root, reference = uninterrupted
+    env = env_for(root / "cache")
+    run_dir = root / "killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        train_cmd(run_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(last, proc)  # first epoch checkpointed: kill somewhere in the next epoch
+    wait_for(run_dir / "metrics.csv", proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    at_kill = ckpt(last)["global_step"]
+    assert 0 < at_kill < reference["global_step"]
+    wandb_id = (run_dir / "wandb_id.txt").read_text()
+    before = pd.read_csv(run_dir / "metrics.csv")
+
+    subprocess.run(
+        train_cmd(root / "unused", f"resume={run_dir}"),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    resumed = ckpt(last)
+    assert resumed["global_step"] == reference["global_step"]
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    # the run continues: same directory, same W&B run id, metrics history kept and extended
+    assert (run_dir / "wandb_id.txt").read_text() == wandb_id
+    assert not (root / "unused" / "metrics.csv").exists()
+    after = pd.read_csv(run_dir / "metrics.csv")  # new columns may be added on the right
+    assert len(before) > 0 and len(after) > len(before)
+    pd.testing.assert_frame_equal(
+        after.iloc[: len(before)][before.columns], before, check_dtype=False
+    )
+    assert {0, 2} <= set(after["epoch"].dropna().astype(int))
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_from_it(uninterrupted):
+    root, reference = uninterrupted
+    env = env_for(root / "cache")
+    run_dir = root / "terminated"
+    folder = run_dir / "checkpoints"
+    proc = subprocess.Popen(
+        train_cmd(run_dir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    wait_for(folder / "last.ckpt", proc)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert b"stopped by SIGTERM" in stderr
+    saved = ckpt(folder / "on_exception.ckpt")
+    assert saved["global_step"] >= ckpt(folder / "last.ckpt")["global_step"]
+    assert saved["global_step"] < reference["global_step"]
+    assert "downscale" in saved  # a full downscale checkpoint, usable by resume= and sample
+
+    subprocess.run(
+        train_cmd(root / "unused2", f"resume={run_dir}"),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert ckpt(folder / "last.ckpt")["global_step"] == reference["global_step"]
+    assert not (folder / "on_exception.ckpt").exists()  # removed once the run completed

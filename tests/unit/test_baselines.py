@@ -126,3 +126,19 @@ def test_adapters_take_a_differently_named_coarse_field():
     np.testing.assert_allclose(
         block, np.broadcast_to(store.coarse_pr.values[3:], block.shape), rtol=1e-4
     )
+
+
+def test_rainfarm_and_interpolation_are_lazy_and_chunking_does_not_change_them():
+    store = make_store(days=5)
+    times = store.time.values
+    whole = baselines.rainfarm_baseline(store, times, n_members=2, seed=3)
+    assert whole.chunks is not None  # dask: computed block by block when scored
+    split = baselines.rainfarm(
+        store.coarse_precip.assign_attrs(units="mm/day"), store, n_members=2, seed=3, time_chunk=2
+    )
+    np.testing.assert_array_equal(whole.values, split.values)
+    assert whole.attrs["rainfarm_slope"] == split.attrs["rainfarm_slope"]
+    linear = baselines.interpolation_baseline(store, times)
+    assert linear.chunks is not None
+    per_day = baselines.interpolate(store.coarse_precip, store, time_chunk=1)
+    np.testing.assert_allclose(linear.values, per_day.values, rtol=1e-12)

@@ -376,3 +376,17 @@ def test_tiled_sampling_covers_the_domain_and_equals_untiled_for_a_local_denoise
     assert ds.precip.shape[-2:] == datamodule.ds.precip.shape[-2:] == (16, 16)
     assert model.largest == 5  # bounded by max_batch: never the 12 x 9 tiles of a whole batch
     np.testing.assert_allclose(read(tiled["path"]), read(plain["path"]), rtol=1e-5, atol=1e-6)
+
+
+class DivergedModel(torch.nn.Module):
+    """Finite but huge scaled output, as a diverged sampler gives: overflows in physical units."""
+
+    def generate(self, cond, n_members, *, sampler, generators):
+        return torch.full((cond.shape[0], n_members, 1, *cond.shape[-2:]), 200.0)
+
+
+def test_overflow_in_physical_units_is_reported(tmp_path, datamodule):
+    with pytest.warns(UserWarning, match="sampler diverged"):
+        write_samples(
+            DivergedModel(), datamodule, sampler(), request(tmp_path, datamodule), progress=False
+        )

@@ -171,7 +171,7 @@ def test_default_scorecard_headline_keys_and_figures(tmp_path):
     assert flat["fss_t1_x8"] == pytest.approx(
         float(fss_fn(samples, obs, mask, thresholds=(1.0,), scales=(8,)).squeeze())
     )
-    assert len(list((tmp_path / "figures").glob("*.png"))) == 8
+    assert len(list((tmp_path / "figures").glob("*.png"))) == 10
     ds = xr.open_dataset(tmp_path / "metrics.nc")
     assert ds["rank_histogram"].shape == (6, 4) and "skipped" in ds["return_levels"].attrs
     html = (tmp_path / "report.html").read_text()
