@@ -87,4 +87,6 @@ def test_log_scaler_inverse_never_returns_negative_rain():
     y = np.array([-0.5, -1e-3, 0.0, 0.5])
     np.testing.assert_allclose(LogScaler().inverse(y), [0.0, 0.0, 0.0, 9.0])
     t = torch.tensor([-0.5, 0.5], dtype=torch.float64)
-    torch.testing.assert_close(LogScaler().inverse(t), torch.tensor([0.0, 9.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        LogScaler().inverse(t), torch.tensor([0.0, 9.0], dtype=torch.float64)
+    )
