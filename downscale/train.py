@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from downscale.utils.atomic import atomic_path
+from downscale.utils.atomic import write_text
 from downscale.utils.checkpoint import load_checkpoint
 from downscale.utils.cli import run_cli
 from downscale.utils.config import instantiate_user, to_plain
@@ -127,9 +127,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             logger.log_hyperparams(model.run_info["config"])
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        except (
-            SIGTERMException
-        ):  # Lightning stops after the current batch; on_exception.ckpt is saved
+        except SIGTERMException:
+            # Lightning stopped after the current batch and OnExceptionCheckpoint saved the state
             print(f"stopped by SIGTERM; continue with resume={run_dir}", file=sys.stderr)
             sys.exit(143)
         summary = model.run_summary()
@@ -153,8 +152,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def write_summary(run_dir: Path, summary: dict[str, Any], trainer: L.Trainer) -> None:
     """Model size and throughput: ``<run_dir>/summary.json`` and the W&B run summary."""
     summary = {**summary, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
-    with atomic_path(run_dir / "summary.json") as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2, default=str))
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
         if isinstance(logger, WandbLogger) and experiment is not None:
