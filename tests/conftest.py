@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,29 @@ def data_root() -> Path:
     if root is None:
         pytest.skip("../shared/data is absent (set DOWNSCALE_DATA_ROOT to run tests on real data)")
     return root
+
+
+@contextlib.contextmanager
+def tiny_training(tmp_path_factory, name: str, *overrides: str) -> Iterator[tuple[Path, dict]]:
+    """Train the tiny EDM on tiny synthetic data in a fresh folder (for module-scoped fixtures);
+    yields ``(root, train result)`` with ``DOWNSCALE_CACHE_DIR`` pointing into ``root``."""
+    from downscale import train
+
+    root = tmp_path_factory.mktemp(name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DOWNSCALE_CACHE_DIR", str(root / "cache"))
+    try:
+        cfg = compose_config(
+            "train",
+            [
+                *TINY_DATA,
+                f"paths.output_dir={root / 'train'}",
+                "trainer.max_epochs=1",
+                "logger=csv",
+                "callbacks=none",
+                *overrides,
+            ],
+        )
+        yield root, train.run(cfg)
+    finally:
+        mp.undo()

@@ -8,33 +8,21 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from downscale import evaluate, sample, train
+from downscale import evaluate, sample
 from downscale.sampling.driver import SampleRequest, write_samples
 from downscale.utils.checkpoint import build_model, load_checkpoint
-from tests.conftest import TINY_DATA, compose_config
+from tests.conftest import compose_config, tiny_training
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DOWNSCALE_CACHE_DIR", str(root / "cache"))
-    cfg = compose_config(
-        "train",
-        [
-            *TINY_DATA,
-            f"paths.output_dir={root / 'train'}",
-            "trainer.max_epochs=25",
-            "logger=csv",
-            "callbacks=none",
-            "model.ema.decay=0.9",
-        ],
-    )
-    result = train.run(cfg)
-    yield root, result
-    mp.undo()
+    with tiny_training(tmp_path_factory, "e2e", "trainer.max_epochs=25", "model.ema.decay=0.9") as (
+        root,
+        result,
+    ):
+        yield root, result
 
 
 def sample_cfg(root, run_dir, name, *extra):

@@ -16,8 +16,7 @@ import pytest
 import torch
 import xarray as xr
 
-from downscale import train
-from tests.conftest import REPO, TINY_DATA, compose_config
+from tests.conftest import REPO, TINY_DATA, tiny_training
 
 pytestmark = pytest.mark.slow
 
@@ -30,22 +29,8 @@ def env_for(cache: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def checkpoint_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DOWNSCALE_CACHE_DIR", str(root / "cache"))
-    cfg = compose_config(
-        "train",
-        [
-            *TINY_DATA,
-            f"paths.output_dir={root / 'train'}",
-            "trainer.max_epochs=1",
-            "logger=csv",
-            "callbacks=none",
-        ],
-    )
-    result = train.run(cfg)
-    yield root, result["run_dir"]
-    mp.undo()
+    with tiny_training(tmp_path_factory, "faults") as (root, result):
+        yield root, result["run_dir"]
 
 
 def sample_cmd(run_dir: Path, out: Path) -> list[str]:

@@ -8,28 +8,15 @@ import pytest
 import xarray as xr
 
 from downscale import sample, train
-from tests.conftest import TINY_DATA, compose_config
+from tests.conftest import TINY_DATA, compose_config, tiny_training
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DOWNSCALE_CACHE_DIR", str(root / "cache"))
-    cfg = compose_config(
-        "train",
-        [
-            *TINY_DATA,
-            f"paths.output_dir={root / 'train'}",
-            "trainer.max_epochs=1",
-            "logger=csv",
-            "callbacks=none",
-        ],
-    )
-    yield root, train.run(cfg)["run_dir"]
-    mp.undo()
+    with tiny_training(tmp_path_factory, "ddp") as (root, result):
+        yield root, result["run_dir"]
 
 
 def sample_cfg(root, run_dir, name, *extra):
