@@ -84,3 +84,16 @@ def tiny_training(tmp_path_factory, name: str, *overrides: str) -> Iterator[tupl
         yield root, train.run(cfg)
     finally:
         mp.undo()
+
+
+def synthetic_datamodule(cache: Path, n_days: int, splits: dict[str, list[float]]):
+    """A prepared DataModule over a 16 x 16 (x4 coarse) synthetic store, without statics."""
+    from downscale.data.datamodule import DownscaleDataModule
+    from downscale.data.scaling import LogScaler, ZScaler
+    from downscale.data.synthetic import synthetic_store
+
+    store = synthetic_store(cache, n_days=n_days, size=16, factor=4)
+    scalers = {"precip": LogScaler(), "coarse_precip": LogScaler(), "coarse_humidity": ZScaler()}
+    datamodule = DownscaleDataModule(store, ["precip"], ["precip", "humidity"], scalers, splits)
+    datamodule.prepare()
+    return datamodule

@@ -9,9 +9,6 @@ import pytest
 import torch
 import xarray as xr
 
-from downscale.data.datamodule import DownscaleDataModule
-from downscale.data.scaling import LogScaler, ZScaler
-from downscale.data.synthetic import synthetic_store
 from downscale.sampling import driver
 from downscale.sampling.driver import (
     Ranks,
@@ -24,6 +21,7 @@ from downscale.sampling.driver import (
 from downscale.sampling.samplers import SamplingError, sample_euler, sample_euler_ancestral
 from downscale.sampling.schedules import sigmas_karras
 from downscale.utils.errors import UserError
+from tests.conftest import synthetic_datamodule
 
 
 class GaussianModel(torch.nn.Module):
@@ -47,17 +45,7 @@ class GaussianModel(torch.nn.Module):
 
 @pytest.fixture
 def datamodule(tmp_path):
-    store = synthetic_store(tmp_path / "cache", n_days=20, size=16, factor=4)
-    scalers = {"precip": LogScaler(), "coarse_precip": LogScaler(), "coarse_humidity": ZScaler()}
-    dm = DownscaleDataModule(
-        store,
-        ["precip"],
-        ["precip", "humidity"],
-        scalers,
-        {"train": [0.0, 0.5], "test": [0.5, 1.0]},
-    )
-    dm.prepare()
-    return dm
+    return synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
 
 
 def sampler():

@@ -14,13 +14,11 @@ import torch
 import xarray as xr
 from omegaconf import OmegaConf
 
-from downscale.data.datamodule import DownscaleDataModule
-from downscale.data.scaling import LogScaler, ZScaler
-from downscale.data.synthetic import synthetic_store
 from downscale.evaluate import evaluate_store, store_baselines
 from downscale.evaluation.baselines import nearest_baseline
 from downscale.evaluation.metrics import pixel
 from downscale.sampling.driver import SampleRequest, write_samples
+from tests.conftest import synthetic_datamodule
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "evaluation"
 
@@ -42,16 +40,8 @@ class CoarsePlusNoise(torch.nn.Module):
 def sampled(tmp_path_factory):
     """A synthetic store (40 days, 16 x 16, x4) and 3-member samples of its test split."""
     root = tmp_path_factory.mktemp("evaluate")
-    store = synthetic_store(root / "cache", n_days=40, size=16, factor=4)
-    scalers = {"precip": LogScaler(), "coarse_precip": LogScaler(), "coarse_humidity": ZScaler()}
-    dm = DownscaleDataModule(
-        store,
-        ["precip"],
-        ["precip", "humidity"],
-        scalers,
-        {"train": [0.0, 0.7], "test": [0.7, 1.0]},
-    )
-    dm.prepare()
+    dm = synthetic_datamodule(root / "cache", 40, {"train": [0.0, 0.7], "test": [0.7, 1.0]})
+    store = dm.store
 
     def draw(name: str, **attrs):
         request = SampleRequest(
