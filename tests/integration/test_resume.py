@@ -52,6 +52,18 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, cache_dir, model):
     assert straight["metrics"]["val/loss"] == resumed["metrics"]["val/loss"]
 
 
+def test_last_checkpoint_follows_training_when_validation_does_not_improve(tmp_path, cache_dir):
+    """lr=0 keeps val/loss constant after epoch 0: best.ckpt stays at epoch 0, last.ckpt moves on
+    (Lightning >= 2.6 only writes ``save_last`` alongside a new top-k checkpoint)."""
+    result = _train(
+        tmp_path, ["model=regression", "optimizer.lr=0", "trainer.max_epochs=3"], logger="none"
+    )
+    _, last = _weights(result["last_ckpt"])
+    _, best = _weights(result["best_ckpt"])
+    assert (last["epoch"], last["global_step"]) == (2, 9)
+    assert (best["epoch"], best["global_step"]) == (0, 3)
+
+
 def test_resume_missing_dir_is_a_user_error(tmp_path, cache_dir):
     cfg = compose_config(
         "train",
