@@ -134,7 +134,7 @@ def test_bad_attention_level_is_user_error():
 
 
 @pytest.mark.parametrize(("name", "low", "high"), [("tiny", 0.1e6, 0.3e6), ("small", 2e6, 8e6),
-                                                   ("base", 60e6, 75e6)])  # fmt: skip
+                                                   ("base", 30e6, 60e6), ("reference", 60e6, 75e6)])  # fmt: skip
 def test_config_param_counts(name, low, high):
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     net = instantiate(cfg)(out_channels=1, cond_channels=6, noisy_channels=1)
