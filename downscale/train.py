@@ -74,6 +74,19 @@ def _init_from(model: L.LightningModule, path: str, channels: dict, targets: lis
     )
 
 
+def _instantiate_entries(cfg: DictConfig, group: str) -> list[Any]:
+    """Instantiate every entry of a dict-of-components group (``logger``, ``callbacks``)."""
+    entries = cfg.get(group) or {}
+    for name, node in entries.items():
+        require(
+            isinstance(node, DictConfig) and "_target_" in node,
+            f"{group}.{name} has settings but no _target_: the chosen {group}= config has no "
+            f"'{name}' entry (an experiment may set one); choose a {group}= config that has it, "
+            f"or drop it with ~{group}.{name}",
+        )
+    return [instantiate(node) for node in entries.values()]
+
+
 def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the model and the Trainer of a train config."""
     check_accelerator(cfg.trainer.accelerator, cfg.trainer.precision)
@@ -92,8 +105,8 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     }
     if cfg.get("init_from"):
         _init_from(model, cfg.init_from, channels, list(datamodule.targets))
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    loggers = _instantiate_entries(cfg, "logger")
+    callbacks = _instantiate_entries(cfg, "callbacks")
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_kwargs: dict[str, Any] = {}

@@ -180,6 +180,7 @@ CASES = [
     ("no train split", "train", ["~data.splits.train"], r"no 'train' split"),
     ("split out of range", "train", ["data.splits.test=[0.9,1.5]"], r"0 <= start < end <= 1"),
     ("patch larger than the domain", "train", ["data.train_dataset.patch_size=64"], r"patch 64 x 64 is larger than the 32 x 32 domain.*data.train_dataset.patch_size"),
+    ("callback setting without a callback", "train", ["+callbacks.progress_bar.refresh_rate=100"], r"callbacks.progress_bar has settings but no _target_.*~callbacks.progress_bar"),
     ("zero batch size", "train", ["data.batch_size=0"], r"data.batch_size=0 .* must be >= 1"),
     ("init_from a missing file", "train", ["init_from={root}/nope.ckpt"], r"checkpoint not found: .*nope.ckpt"),
     ("init_from a checkpoint of other channels", "train", ["data.coarse=[precip]", "init_from={ckpt}"], r"channels .* fine-tune"),
