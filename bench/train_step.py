@@ -86,7 +86,10 @@ class StepTimer(L.Callback):
 
 def make_model(net: str, steps: int):
     with initialize_config_dir(version_base=None, config_dir=str(ROOT / "conf"), job_name="bench"):
-        cfg = compose("train", [f"net={net}", "paths.output_dir=/tmp/unused"])
+        # batches are N(0, 0.5^2) (make_batch): sigma_data 0.5, not measured from a store
+        cfg = compose(
+            "train", [f"net={net}", "paths.output_dir=/tmp/unused", "model.precond.sigma_data=0.5"]
+        )
     torch.manual_seed(0)
     model = instantiate(
         cfg.model, net=instantiate(cfg.net), out_channels=C_OUT, cond_channels=C_COND

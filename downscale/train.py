@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -74,6 +75,24 @@ def _init_from(model: L.LightningModule, path: str, channels: dict, targets: lis
     )
 
 
+def resolve_sigma_data(cfg: DictConfig, datamodule: Any) -> None:
+    """``model.precond.sigma_data=auto``: set it to the std of the scaled training targets, in the
+    config itself, so that checkpoints and the loss weighting see the number."""
+    precond = cfg.model.get("precond")
+    if not isinstance(precond, DictConfig) or precond.get("sigma_data") != "auto":
+        return
+    require(
+        not str(cfg.model.get("_target_", "")).endswith("ResidualModel"),
+        "model.precond.sigma_data=auto measures the targets, but the residual model denoises "
+        "target - regression mean; set model.precond.sigma_data to a number (CorrDiff: 0.5)",
+    )
+    precond.sigma_data = round(datamodule.scaled_target_std(), 4)
+    loss = cfg.model.get("loss")
+    if isinstance(loss, DictConfig) and loss.get("sigma_data") == "auto":  # a resolved config
+        loss.sigma_data = precond.sigma_data
+    rank_zero_info(f"sigma_data=auto: {precond.sigma_data} (std of the scaled training targets)")
+
+
 def _instantiate_entries(cfg: DictConfig, group: str) -> list[Any]:
     """Instantiate every entry of a dict-of-components group (``logger``, ``callbacks``)."""
     entries = cfg.get(group) or {}
@@ -95,6 +114,7 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare()
     datamodule.train_dataloader()  # a patch larger than the domain fails here, before any output
+    resolve_sigma_data(cfg, datamodule)
     channels = {"out_channels": datamodule.out_channels, "cond_channels": datamodule.cond_channels}
     model = instantiate_user(cfg.model, net=instantiate(cfg.net), **channels)
     model.run_info = {

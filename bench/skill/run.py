@@ -93,8 +93,9 @@ SUITES: dict[str, Suite] = {
         models={
             "regression": "iberia_regression",
             "gan": "iberia_gan",
-            "edm": "iberia_edm",
+            "edm": "iberia_edm_ref",  # sigma_data 0.5 (REFERENCE)
             "edm_sd": "iberia_edm_sd",
+            "edm_long": "iberia_edm_long",
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -128,6 +129,19 @@ SUITES: dict[str, Suite] = {
                 "EDM sigma_data 0.2, dpmpp_2m 10, sigma_min 0.02 (10 NFE)",
                 "edm_sd",
                 ("sampler=dpmpp_2m", "sampler.steps=10", "schedule.sigma_min=0.02"),
+            ),
+            # the improved setting (iberia_edm_long): 16 members like the analogs and RainFARM
+            Sampling(
+                "EDM long, dpmpp_2m 10 (10 NFE), 16 members",
+                "edm_long",
+                ("sampler=dpmpp_2m", "sampler.steps=10"),
+                16,
+            ),
+            Sampling(
+                "EDM long, dpm2_heun 20 steps (39 NFE), 4 members",
+                "edm_long",
+                ("sampler=dpm2_heun", "sampler.steps=20"),
+                4,
             ),
         ),
         baselines={
@@ -187,7 +201,7 @@ SUITES: dict[str, Suite] = {
         # GPU setting
         # experiment=radar_regression trains, but its whole-crop inference needs a 34 GB attention
         # matrix (tiling= only wraps diffusion denoisers): not sampled here (docs/results.md)
-        models={"edm": "radar_edm"},
+        models={"edm": "radar_edm_ref"},  # sigma_data 0.5 (REFERENCE), as recorded
         samplings=(
             Sampling(
                 "EDM dpmpp_2m 10 (10 NFE), 2 members",

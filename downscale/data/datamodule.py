@@ -240,6 +240,29 @@ class DownscaleDataModule(L.LightningDataModule):
         )
         return array[..., :H, :W]
 
+    def scaled_target_std(self, max_values: int = 2**24) -> float:
+        """Standard deviation of the scaled training targets over valid cells, pooled over the
+        target variables: the data std that EDM's preconditioning assumes (``sigma_data``, Karras
+        et al. 2022, Sec. 5 and Table 1). Uses evenly spaced training steps, at most ``max_values``
+        values per variable."""
+        self.prepare()
+        mask = self.fields.mask
+        train = self.split_indices["train"]
+        n_steps = int(np.clip(max_values // max(int(mask.sum()), 1), 1, len(train)))
+        chosen = train[np.unique(np.linspace(0, len(train) - 1, n_steps).round().astype(int))]
+        values = []
+        for name in self.targets:
+            raw = self.ds[name].isel(time=chosen).values.astype(np.float32)
+            scaled = np.asarray(self.scalers[name].forward(raw))[:, mask]
+            values.append(scaled[np.isfinite(scaled)])
+        pooled = np.concatenate(values)
+        require(
+            pooled.size > 1 and pooled.std() > 0,
+            f"cannot estimate sigma_data: the scaled training targets of {self.store} have no "
+            "spread; set model.precond.sigma_data to a number",
+        )
+        return float(pooled.std())
+
     def scaler_states(self) -> dict[str, dict[str, Any]]:
         return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
 

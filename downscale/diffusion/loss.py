@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from downscale.diffusion.precond import sigma_data_value
 from downscale.utils.errors import UserError
 
 Weighting = Callable[[torch.Tensor, float], torch.Tensor]
@@ -78,7 +79,7 @@ class DiffusionLoss:
             raise UserError(f"variable_weights {list(variable_weights)} must be >= 0; fix them")
         self.noise_levels = noise_levels
         self.weighting = weighting
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = sigma_data_value(sigma_data)
         self.variable_weights = None if variable_weights is None else list(variable_weights)
         self.trim = int(trim)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from downscale.utils.errors import UserError
+
 
 def vp_sigma(t: torch.Tensor | float, beta_d: float, beta_min: float) -> torch.Tensor:
     """VP noise level ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)`` (EDM Table 1)."""
@@ -25,6 +27,20 @@ def vp_sigma_inv(sigma: torch.Tensor | float, beta_d: float, beta_min: float) ->
     if not isinstance(sigma, torch.Tensor):
         sigma = torch.tensor(float(sigma), dtype=torch.float64)
     return ((beta_min**2 + 2 * beta_d * torch.log1p(sigma**2)).sqrt() - beta_min) / beta_d
+
+
+def sigma_data_value(sigma_data: float | str) -> float:
+    """``sigma_data`` as a positive float; ``auto`` is only resolved by ``downscale.train``."""
+    try:
+        value = float(sigma_data)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise UserError(
+            f"sigma_data={sigma_data!r} is not a positive number; 'auto' is measured from the data by "
+            "downscale.train, so pass a number when building a model directly"
+        )
+    return value
 
 
 def as_batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +71,7 @@ class EDMPrecond(nn.Module):
     ) -> None:
         super().__init__()
         self.net = net
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = sigma_data_value(sigma_data)
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
 

@@ -121,7 +121,7 @@ def test_bf16_mixed_trains_on_cpu(tmp_path, cache_dir):
 
 
 def test_compile_keeps_checkpoint_keys():
-    cfg = compose_config("train", ["paths.output_dir=/tmp/unused"])
+    cfg = compose_config("train", ["paths.output_dir=/tmp/unused", "model.precond.sigma_data=0.5"])
     plain = instantiate(cfg.model, net=instantiate(cfg.net), out_channels=1, cond_channels=3)
     compiled = instantiate(
         cfg.model,
