@@ -27,6 +27,7 @@ from torch import nn
 from downscale.models.base import DownscaleModule, build_net
 from downscale.models.losses import PixelLoss
 from downscale.sampling.samplers import randn_like
+from downscale.sampling.tiling import tiled_one_shot
 from downscale.utils.errors import require
 
 LOSSES = ("nonsaturating", "wasserstein")
@@ -288,5 +289,10 @@ class GANModel(DownscaleModule):
         b, _, h, w = cond.shape
         generator = self.inference_module()
         cond_rep = cond.repeat_interleave(n_members, dim=0)
-        out = generator(cond_rep, generator.noise(cond_rep, generators))
+        out = tiled_one_shot(
+            lambda z, c: generator(c, z),
+            generator.noise(cond_rep, generators),
+            cond_rep,
+            getattr(sampler, "wrap", None),
+        )
         return out.view(b, n_members, self.out_channels, h, w)

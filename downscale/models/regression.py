@@ -10,6 +10,7 @@ from torch import nn
 
 from downscale.models.base import DownscaleModule, build_net
 from downscale.models.losses import PixelLoss
+from downscale.sampling.tiling import tiled_one_shot
 from downscale.utils.errors import require
 
 
@@ -101,4 +102,9 @@ class RegressionModel(DownscaleModule):
             n_members == 1,
             f"the regression model is deterministic: n_members={n_members} must be 1; use n_members=1",
         )
-        return self.inference_module()(cond)[:, None]
+        net = self.inference_module()
+        shape = (cond.shape[0], self.out_channels, *cond.shape[-2:])
+        out = tiled_one_shot(
+            lambda _field, c: net(c), cond.new_zeros(shape), cond, getattr(sampler, "wrap", None)
+        )
+        return out[:, None]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from downscale.utils.errors import UserError
 
-__all__ = ["TiledDenoiser", "blend_window", "tile_starts"]
+__all__ = ["TiledDenoiser", "blend_window", "tile_starts", "tiled_one_shot"]
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -158,3 +158,19 @@ class TiledDenoiser:
             for k, (i, y, z) in enumerate(part):
                 out[i, :, y : y + th, z : z + tw] += x0[k] * (wy[y][:, None] * wx[z][None, :])
         return out * inv_total
+
+
+def tiled_one_shot(
+    fn: Callable[[Tensor, Tensor], Tensor], field: Tensor, cond: Tensor, wrap: Callable | None
+) -> Tensor:
+    """``fn(field, cond)`` of a one-shot model (a regression net, a GAN generator with its noise
+    ``field``), through a denoiser wrapper such as :class:`TiledDenoiser` when ``wrap`` is given.
+
+    ``field`` (B, C, H, W) is tiled along with ``cond``; a regression net ignores its tiles (pass
+    any tensor of the target's size). The blend is the same as for a diffusion denoiser, so a net
+    with global attention runs over a large domain in bounded memory.
+    """
+    if wrap is None:
+        return fn(field, cond)
+    sigma = cond.new_zeros(cond.shape[0])  # unused by one-shot models
+    return wrap(lambda x, _sigma, c: fn(x, c))(field, sigma, cond)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from downscale.models.discriminator import Discriminator
 from downscale.models.gan import GANModel, adaptive_weight, discriminator_loss
+from downscale.sampling.tiling import TiledDenoiser
 from tests.unit.models_helpers import C_COND, C_OUT, SIZE, adam, batch, ema, generators, tiny_net
 
 
@@ -110,3 +112,21 @@ def test_generate_contract_members_from_their_own_generators():
     # draw (time 1, member 2) is index 5: generating it alone with generators[5] gives the same field
     alone = model.generate(cond[1:2], 1, generators=generators(6)[5:6])
     torch.testing.assert_close(alone[0, 0], out[1, 2], rtol=1e-5, atol=1e-6)
+
+
+def test_generate_tiles_noise_and_predictors_together():
+    """With tiling=, each draw's noise field is cut into the same tiles as its predictors: the
+    draws stay reproducible per (time, member) and equal the untiled ones where one tile covers
+    the field."""
+    model = make().eval()
+    cond = batch(b=2)["cond"]
+    wrap = functools.partial(TiledDenoiser, tile=8, overlap=4, max_batch=3)
+    tiled = model.generate(cond, 2, sampler=SimpleNamespace(wrap=wrap), generators=generators(4))
+    assert tiled.shape == (2, 2, C_OUT, SIZE, SIZE) and torch.isfinite(tiled).all()
+    again = model.generate(cond, 2, sampler=SimpleNamespace(wrap=wrap), generators=generators(4))
+    torch.testing.assert_close(tiled, again, rtol=0, atol=0)
+    one_tile = functools.partial(TiledDenoiser, tile=SIZE, overlap=4)
+    torch.testing.assert_close(
+        model.generate(cond, 2, sampler=SimpleNamespace(wrap=one_tile), generators=generators(4)),
+        model.generate(cond, 2, generators=generators(4)),
+    )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from downscale.sampling.tiling import TiledDenoiser, blend_window, tile_starts
+from downscale.sampling.tiling import TiledDenoiser, blend_window, tile_starts, tiled_one_shot
 from downscale.utils.errors import UserError
 
 
@@ -130,3 +132,20 @@ def test_small_domain_passes_through_and_cond_grid_checked() -> None:
         tiled(torch.randn(1, 1, 100, 100), torch.ones(1), torch.randn(1, 1, 50, 50))
     with pytest.raises(UserError):
         TiledDenoiser(den, tile=64, overlap=16, halo=8)
+
+
+def test_one_shot_model_tiled_equals_full_domain_for_a_local_operator() -> None:
+    """tiled_one_shot tiles the noise field along with cond (a GAN generator's inputs)."""
+    g = torch.Generator().manual_seed(1)
+    kernel = torch.randn(1, 2, 5, 5, generator=g)
+    noise = torch.randn(3, 1, 48, 72, generator=g)
+    cond = torch.randn(3, 1, 48, 72, generator=g)
+
+    def generator(z, c):
+        return F.conv2d(torch.cat([c, z], dim=1), kernel, padding=2)
+
+    full = tiled_one_shot(generator, noise, cond, None)
+    torch.testing.assert_close(full, generator(noise, cond))
+    wrap = functools.partial(TiledDenoiser, tile=24, overlap=12, max_batch=4, halo=2)
+    out = tiled_one_shot(generator, noise, cond, wrap)
+    torch.testing.assert_close(out[..., 2:-2, 2:-2], full[..., 2:-2, 2:-2], rtol=1e-5, atol=1e-5)
