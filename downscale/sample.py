@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
-from downscale.sampling.driver import Ranks, SampleRequest, SamplerRun, write_samples
+from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
 from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
@@ -114,8 +114,9 @@ def prepare(cfg: DictConfig) -> SampleJob:
             stacklevel=1,
         )
         n_members = 1
-    if not getattr(model, "needs_sampler", True):
-        sampler = None
+    if not getattr(model, "needs_sampler", True):  # regression, GAN: only tiling= applies
+        sampler = OneShotRun(sampler.wrap) if sampler is not None and sampler.wrap else None
+    stepped = isinstance(sampler, SamplerRun)
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -125,8 +126,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
         attrs={
             "checkpoint": str(ckpt_path),
             "checkpoint_sha256": file_sha256(ckpt_path),
-            "sampler": json.dumps(to_plain(cfg.sampler)) if sampler else "none",
-            "schedule": json.dumps(to_plain(cfg.schedule)) if sampler else "none",
+            "sampler": json.dumps(to_plain(cfg.sampler)) if stepped else "none",
+            "schedule": json.dumps(to_plain(cfg.schedule)) if stepped else "none",
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,

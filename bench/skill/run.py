@@ -199,10 +199,18 @@ SUITES: dict[str, Suite] = {
         # CPU bench: EDM with iberia's best <= 10-NFE sampler, 2 members (a 256 x 512
         # field evaluation costs ~1.6 s here); experiment=radar_gan and the 39-NFE sampler are the
         # GPU setting
-        # experiment=radar_regression trains, but its whole-crop inference needs a 34 GB attention
-        # matrix (tiling= only wraps diffusion denoisers): not sampled here (docs/results.md)
-        models={"edm": "radar_edm_ref"},  # sigma_data 0.5 (REFERENCE), as recorded
+        models={
+            "edm": "radar_edm_ref",  # sigma_data 0.5 (REFERENCE), as recorded
+            "regression": "radar_regression",
+        },
         samplings=(
+            # tiled like the EDM: the net's whole-crop attention would need a 34 GB matrix
+            Sampling(
+                "regression UNet (64 px tiles)",
+                "regression",
+                ("tiling=default", "tiling.tile=64", "tiling.overlap=16"),
+                1,
+            ),
             Sampling(
                 "EDM dpmpp_2m 10 (10 NFE), 2 members",
                 "edm",

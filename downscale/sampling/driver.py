@@ -74,6 +74,15 @@ class SamplerRun:
         return x0
 
 
+@dataclass
+class OneShotRun:
+    """What a one-shot model (regression, GAN) takes from the sampling config: the tiling wrapper
+    (``model.generate(..., sampler=OneShotRun(wrap))``); one network evaluation per draw."""
+
+    wrap: Callable | None = None
+    nfe: int = 1
+
+
 def member_seed(seed: int, time_index: int, member: int) -> int:
     """A 63-bit seed for one (time, member) draw, independent of batching and block layout."""
     digest = hashlib.sha256(f"{seed}:{time_index}:{member}".encode()).digest()
@@ -239,7 +248,7 @@ def _open_or_create(datamodule: Any, request: SampleRequest) -> tuple[Path, Path
 def write_samples(
     model: Any,
     datamodule: Any,
-    sampler: SamplerRun | None,
+    sampler: SamplerRun | OneShotRun | None,
     request: SampleRequest,
     *,
     batch_size: int = 8,
@@ -319,7 +328,7 @@ def _recorded_nfe(blocks: Path) -> int:
 def _sample_block(
     model: Any,
     datamodule: Any,
-    sampler: SamplerRun | None,
+    sampler: SamplerRun | OneShotRun | None,
     request: SampleRequest,
     times: np.ndarray,
     batch_size: int,

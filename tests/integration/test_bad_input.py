@@ -277,6 +277,34 @@ def test_deterministic_model_with_members_warns_and_draws_one(ctx, tmp_path, mon
     assert xr.open_zarr(result["path"], consolidated=False).sizes["member"] == 1
 
 
+def test_regression_model_samples_in_tiles(ctx, tmp_path, monkeypatch):
+    """tiling= reaches a one-shot model through sample.run (the 32 x 32 domain in 16 px tiles)."""
+    from downscale.sampling.tiling import TiledDenoiser
+
+    monkeypatch.setenv("DOWNSCALE_CACHE_DIR", str(ctx.root / "cache"))
+    calls = []
+    original = TiledDenoiser.__call__
+    monkeypatch.setattr(
+        TiledDenoiser, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a)
+    )
+    stores = {}
+    for name, extra in {
+        "whole": [],
+        "tiled": ["tiling=default", "tiling.tile=16", "tiling.overlap=8"],
+    }.items():
+        cfg = compose_config(
+            "sample",
+            [f"run_dir={ctx.reg_run}", "n_members=1", "evaluate=false", f"paths.output_dir={tmp_path / name}", *extra],
+        )  # fmt: skip
+        path = sample.run(cfg)["path"]
+        stores[name] = xr.open_zarr(path, consolidated=False)
+    assert calls and all(shape[-2:] == (32, 32) for shape in calls)  # whole fields in, tiles inside
+    assert stores["tiled"].attrs["sampler"] == "none"
+    whole, tiled = (stores[k].precip.values for k in ("whole", "tiled"))
+    valid = np.isfinite(whole)
+    assert np.isfinite(tiled[valid]).all() and not np.array_equal(tiled[valid], whole[valid])
+
+
 def test_foreign_target_refused_before_instantiation(ctx, monkeypatch):
     import hydra.utils
 
