@@ -8,8 +8,9 @@
 
 The reference is the CRPS of ``heun`` at 100 steps (199 NFE: the probability-flow ODE solved
 accurately; the stochastic samplers share its marginals in the limit). For each sampler the table
-reports the fewest NFE from which the CRPS stays within 1% of it (``|crps / reference - 1| <= 0.01``
-at that NFE and every larger one measured). The deterministic samplers start from the same noise
+reports the fewest NFE whose CRPS is within 1% of it (``|crps / reference - 1| <= 0.01``, the
+issue's criterion, which sets ``ratio``) and, stricter, the fewest NFE from which it stays within 1%
+at every larger NFE measured ("converged"). The deterministic samplers start from the same noise
 (same seed), so their differences from the reference are discretisation error alone; the stochastic
 ones (``dpm2_heun``'s churn) add Monte Carlo noise of a few % at the default size. Goal: 10 NFE or fewer with the best sampler; ``ratio`` = that NFE / 10.
 Run with ``OMP_NUM_THREADS=1``::
@@ -114,6 +115,12 @@ def converged_nfe(rows: list[dict], reference: float) -> int | None:
     return None
 
 
+def fewest_nfe_within(rows: list[dict], reference: float) -> int | None:
+    """Fewest NFE whose CRPS is within ``TOLERANCE`` of the reference (the issue's criterion)."""
+    within = [r["nfe"] for r in rows if abs(r["crps"] / reference - 1) <= TOLERANCE]
+    return min(within) if within else None
+
+
 def cell(row: dict, reference: float) -> str:
     """``CRPS change vs the reference / RALSD``; "diverged" beyond +1000% (the exp of an overshoot
     in log-scaled units)."""
@@ -127,29 +134,40 @@ def summarise(rows: list[dict], samplers: list[str]) -> dict:
     """Per sampler the converged NFE; print the table; the top-level figures of the result."""
     reference = min(r["crps"] for r in rows if r["reference"])
     ref_ralsd = min(r["ralsd"] for r in rows if r["reference"])
-    best = {
-        name: converged_nfe(
-            [r for r in rows if r["sampler"] == name and not r["reference"]], reference
-        )
-        for name in samplers
+    by_sampler = {
+        name: [r for r in rows if r["sampler"] == name and not r["reference"]] for name in samplers
     }
+    best = {name: converged_nfe(own, reference) for name, own in by_sampler.items()}
+    first = {name: fewest_nfe_within(own, reference) for name, own in by_sampler.items()}
     print(f"\nreference (heun, 199 NFE): CRPS {reference:.5f}, RALSD {ref_ralsd:.3f} dB")
     nfes = sorted({r["nfe"] for r in rows if not r["reference"]})
-    print("| sampler | " + " | ".join(f"{n}" for n in nfes) + " | converged NFE |")
-    print("| --- |" + " ---: |" * (len(nfes) + 1))
+    print(
+        "| sampler | " + " | ".join(f"{n}" for n in nfes) + " | fewest NFE within | converged NFE |"
+    )
+    print("| --- |" + " ---: |" * (len(nfes) + 2))
     for name in samplers:
         by_nfe = {r["nfe"]: r for r in rows if r["sampler"] == name and not r["reference"]}
         cells = [cell(by_nfe[n], reference) if n in by_nfe else "" for n in nfes]
-        print(f"| `{name}` | " + " | ".join(cells) + f" | {best[name] or '-'} |")
-    reached = [v for v in best.values() if v is not None]
-    best_nfe = min(reached) if reached else None
-    print(f"\nbest converged NFE: {best_nfe} (goal <= {GOAL_NFE})")
+        print(
+            f"| `{name}` | "
+            + " | ".join(cells)
+            + f" | {first[name] or '-'} | {best[name] or '-'} |"
+        )
+
+    def fewest(values: dict) -> int | None:
+        reached = [v for v in values.values() if v is not None]
+        return min(reached) if reached else None
+
+    best_nfe, converged = fewest(first), fewest(best)
+    print(f"\nfewest NFE within 1%: {best_nfe} (goal <= {GOAL_NFE}); converged NFE: {converged}")
     return {
         "reference_crps": reference,
         "reference_ralsd": ref_ralsd,
         "tolerance": TOLERANCE,
+        "fewest_nfe_within": first,
         "converged_nfe": best,
         "best_nfe": best_nfe,
+        "best_converged_nfe": converged,
         "ratio": best_nfe / GOAL_NFE if best_nfe is not None else None,
         "goal": 1.0,
     }
@@ -166,6 +184,14 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, help="reuse a run trained by this script")
     parser.add_argument("--ref-steps", type=int, default=100, help="steps of the reference runs")
     parser.add_argument("--max-steps", type=int, default=40, help="skip sweep settings above this")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="sample config override for every setting, the reference included "
+        "(e.g. schedule.sigma_min=0.02); repeatable",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/nfe_quality.json")
     parser.add_argument(
         "--summarise", type=Path, help="only recompute the summary of an existing result file"
     )
@@ -204,7 +230,7 @@ def main() -> None:
         settings = [(s, n, False) for s in args.samplers for n in SWEEP[s] if n <= args.max_steps]
         settings += [(s, args.ref_steps, True) for s in REFERENCE]
         for name, steps, is_ref in settings:
-            cfg = compose("sample", [f"sampler={name}", f"sampler.steps={steps}"])
+            cfg = compose("sample", [f"sampler={name}", f"sampler.steps={steps}", *args.override])
             run = sample.build_sampler(cfg)
             request = SampleRequest(
                 out=work / f"{name}-{steps}.zarr",
@@ -236,7 +262,7 @@ def main() -> None:
         "baseline": [r for r in rows if r["reference"]],
     }
     result.update(summarise(rows, args.samplers))
-    write_text(ROOT / "bench/results/nfe_quality.json", json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
