@@ -96,6 +96,7 @@ SUITES: dict[str, Suite] = {
             "edm": "iberia_edm_ref",  # sigma_data 0.5 (REFERENCE)
             "edm_sd": "iberia_edm_sd",
             "edm_long": "iberia_edm_long",
+            "residual": "iberia_residual",
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -134,6 +135,12 @@ SUITES: dict[str, Suite] = {
             Sampling(
                 "EDM long, dpmpp_2m 10 (10 NFE), 16 members",
                 "edm_long",
+                ("sampler=dpmpp_2m", "sampler.steps=10"),
+                16,
+            ),
+            Sampling(
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members",
+                "residual",
                 ("sampler=dpmpp_2m", "sampler.steps=10"),
                 16,
             ),
