@@ -8,6 +8,9 @@ scorecard (``conf/evaluation/skill.yaml``) on the same test days and valid cells
 Stages (``--stage``): build, train, sample, evaluate, gcm, report (default: all, in this order);
 ``--suite iberia`` or ``--suite radar`` runs one suite; ``--only edm`` one method. Finished
 steps are reused (checkpoints, samples stores, timing files); ``--force`` redoes the chosen ones.
+The default runs the core rows (the issue's methods with our best settings); ``--ablations`` adds
+the rows that show how they were found (REFERENCE's sigma_data 0.5, sigma_data 0.2, the validation
+sweep of <= 10-NFE samplers). ``--out DIR`` puts everything in DIR instead of ``outputs/skill``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ RESULTS_JSON = REPO / "bench" / "results" / "skill.json"
 RESULTS_MD = REPO / "docs" / "results.md"
 GCM_MEMBERS = 4
 STAGES = ("build", "train", "sample", "evaluate", "gcm", "report")
+ABLATIONS = False  # --ablations
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class Sampling:
     model: str  # key of Suite.models
     overrides: tuple[str, ...] = ()
     n_members: int = 8
+    # an ablation row (how we got to the core setting): run only with --ablations
+    ablation: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class Suite:
     eval_overrides: tuple[str, ...] = ()
     # candidate fast samplers (<= 10 NFE), chosen by CRPS on the validation split
     fast_candidates: tuple[tuple[str, ...], ...] = ()
-    fast_model: str | None = None
+    fast_model: str | None = None  # the model of the validation sweep of <= 10-NFE samplers
+    gcm_sampling: str | None = None  # the sampling applied to the GCM predictors
     gcm_build: tuple[str, ...] | None = None
     gcm_store: str | None = None
     anchors: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -108,28 +115,33 @@ SUITES: dict[str, Suite] = {
                 "edm",
                 ("sampler=dpm2_heun", "sampler.steps=20"),
                 2,
+                ablation=True,
             ),
             # the schedule's sigma_min at REFERENCE's 0.02 (the lower end of the trained noise range)
             Sampling(
                 "EDM dpmpp_2m 10, sigma_min 0.02 (10 NFE)",
                 "edm",
                 ("sampler=dpmpp_2m", "sampler.steps=10", "schedule.sigma_min=0.02"),
+                ablation=True,
             ),
             Sampling(
                 "EDM sigma_data 0.2, dpmpp_2m 10 (10 NFE), 2 members",
                 "edm_sd",
                 ("sampler=dpmpp_2m", "sampler.steps=10"),
                 2,
+                ablation=True,
             ),
             Sampling(
                 "EDM sigma_data 0.2, dpmpp_2m 10 (10 NFE)",
                 "edm_sd",
                 ("sampler=dpmpp_2m", "sampler.steps=10"),
+                ablation=True,
             ),
             Sampling(
                 "EDM sigma_data 0.2, dpmpp_2m 10, sigma_min 0.02 (10 NFE)",
                 "edm_sd",
                 ("sampler=dpmpp_2m", "sampler.steps=10", "schedule.sigma_min=0.02"),
+                ablation=True,
             ),
             # the improved setting (iberia_edm_long): 16 members like the analogs and RainFARM
             Sampling(
@@ -183,6 +195,7 @@ SUITES: dict[str, Suite] = {
         "2002-02-28 (DJF, 29 Feb dropped)",
         fast_candidates=_FAST,
         fast_model="edm",
+        gcm_sampling="EDM long, dpmpp_2m 10 (10 NFE), 16 members",
         gcm_build=("build=iberia_gcm",),
         gcm_store="iberia_gcm.zarr",
         anchors={
@@ -208,6 +221,7 @@ SUITES: dict[str, Suite] = {
         # GPU setting
         models={
             "edm": "radar_edm_ref",  # sigma_data 0.5 (REFERENCE), as recorded
+            "edm_auto": "radar_edm",  # sigma_data measured from the data
             "regression": "radar_regression",
         },
         samplings=(
@@ -231,6 +245,19 @@ SUITES: dict[str, Suite] = {
                     "tiling.overlap=16",
                 ),
                 2,
+                ablation=True,
+            ),
+            Sampling(
+                "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
+                "edm_auto",
+                (
+                    "sampler=dpmpp_2m",
+                    "sampler.steps=10",
+                    "tiling=default",
+                    "tiling.tile=64",
+                    "tiling.overlap=16",
+                ),
+                4,
             ),
         ),
         baselines={
@@ -313,7 +340,7 @@ def _commands(suite: Suite) -> list[str]:
         out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
         lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
     if suite.gcm_store:
-        edm = [s for s in _samplings(suite) if s.model == suite.fast_model][-1]
+        edm = _gcm_sampling(suite)
         out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
         extra = (f"data.store=${{paths.data_dir}}/{suite.gcm_store}",)
         edm = dataclasses.replace(edm, n_members=GCM_MEMBERS)
@@ -340,8 +367,9 @@ def _train_dir(suite: Suite, model: str) -> Path:
 def stage_train(suite: Suite, only: str | None, force: bool) -> None:
     from downscale import train
 
+    needed = {s.model for s in _samplings(suite)}
     for model, experiment in suite.models.items():
-        if only and only != model:
+        if (only and only != model) or (not only and model not in needed):
             continue
         run_dir = _train_dir(suite, model)
         overrides = [f"experiment={experiment}", *suite.train_overrides]
@@ -401,19 +429,23 @@ def _slug(name: str) -> str:
 
 def _samplings(suite: Suite) -> list[Sampling]:
     """The suite's samplings plus the fast sampler chosen on the validation split."""
+    out = [s for s in suite.samplings if ABLATIONS or not s.ablation]
     chosen = _read_json(OUT / suite.name / "fast_sampler.json")
-    out = list(suite.samplings)
-    if chosen.get("overrides"):
+    if ABLATIONS and chosen.get("overrides"):
         label = f"EDM {chosen['label']} ({chosen['nfe']} NFE)"
         fast = tuple(chosen["overrides"])
-        out.append(Sampling(f"{label}, 2 members", suite.fast_model, fast, 2))
-        out.append(Sampling(label, suite.fast_model, fast, 8))
+        out.append(Sampling(f"{label}, 2 members", suite.fast_model, fast, 2, ablation=True))
+        out.append(Sampling(label, suite.fast_model, fast, 8, ablation=True))
     return out
+
+
+def _gcm_sampling(suite: Suite) -> Sampling:
+    return next(s for s in suite.samplings if s.name == suite.gcm_sampling)
 
 
 def choose_fast_sampler(suite: Suite) -> None:
     """Pick the sampler with the lowest CRPS on the validation split among <= 10-NFE candidates."""
-    if not suite.fast_model or (OUT / suite.name / "fast_sampler.json").is_file():
+    if not ABLATIONS or not suite.fast_model or (OUT / suite.name / "fast_sampler.json").is_file():
         return
     from downscale.evaluation.runner import evaluate_paths
 
@@ -441,8 +473,8 @@ def _selected(only: str | None, sampling: Sampling) -> bool:
 def stage_sample(suite: Suite, only: str | None) -> None:
     """Sample the suite's fixed samplings, then (``--only fast`` or all) choose and run the fast
     sampler. Separate processes can take separate ``--only`` values to run side by side."""
-    todo = [s for s in suite.samplings if _selected(only, s)]
-    if suite.fast_model and (only in (None, "fast", suite.fast_model) or not todo):
+    todo = [s for s in suite.samplings if (ABLATIONS or not s.ablation) and _selected(only, s)]
+    if ABLATIONS and suite.fast_model and (only in (None, "fast", suite.fast_model) or not todo):
         choose_fast_sampler(suite)
         extra = [s for s in _samplings(suite) if s not in suite.samplings]
         todo += [s for s in extra if only == "fast" or _selected(only, s)]
@@ -548,7 +580,7 @@ def stage_gcm(suite: Suite) -> None:
     from bench.skill.extra import distribution_summary
 
     gcm_store = OUT / "stores" / suite.gcm_store
-    edm = [s for s in _samplings(suite) if s.model == suite.fast_model][-1]
+    edm = _gcm_sampling(suite)
     out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
     _log(f"gcm: {edm.name} on {gcm_store}")
     # 4 members: a distributional comparison over 450 days needs no more
@@ -636,12 +668,21 @@ def stage_report(suites: Sequence[Suite]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global ABLATIONS, OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", action="append", choices=sorted(SUITES), default=None)
     parser.add_argument("--stage", action="append", choices=STAGES, default=None)
     parser.add_argument("--only", default=None, help="one method (model key or baseline name)")
     parser.add_argument("--force", action="store_true", help="retrain even if a checkpoint exists")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help="also the ablation rows (REFERENCE sigma_data, sigma_data 0.2, the validation sampler "
+        "sweep): how the core setting was found",
+    )
+    parser.add_argument("--out", type=Path, default=OUT, help="outputs (stores, runs, samples)")
     args = parser.parse_args(argv)
+    ABLATIONS, OUT = args.ablations, args.out.resolve()
     os.environ.setdefault("WANDB_MODE", "offline")
     sys.path.insert(0, str(REPO))
     suites = [SUITES[s] for s in (args.suite or list(SUITES))]

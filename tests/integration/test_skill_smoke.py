@@ -34,12 +34,13 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
             k: v for k, v in base.baselines.items() if k.startswith(("bilinear", "analogs"))
         },
         fast_candidates=(euler,),
+        gcm_sampling="EDM euler 2",
         train_overrides=("trainer.max_epochs=1", "trainer.limit_train_batches=2"),
         split="val",  # 90 days instead of 450
     )
     monkeypatch.setattr(skill, "SUITES", {"iberia": suite})
 
-    assert skill.main(["--suite", "iberia"]) == 0
+    assert skill.main(["--suite", "iberia", "--ablations"]) == 0  # with the validation sweep
 
     data = json.loads((tmp_path / "skill.json").read_text())
     scores = data["suites"]["iberia"]["scores"]
