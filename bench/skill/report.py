@@ -36,7 +36,7 @@ def _fmt(value: Any, spec: str) -> str:
     return spec.format(float(value))
 
 
-def _table(methods: dict[str, dict[str, Any]]) -> list[str]:
+def _table(methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str]:
     lines = [
         "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
@@ -45,7 +45,8 @@ def _table(methods: dict[str, dict[str, Any]]) -> list[str]:
         # a one-member forecast has no spread and its rank histogram only says "above or below"
         single = {"spread_skill", "rank_flatness"} if row.get("n_members") == 1 else set()
         cells = ["-" if key in single else _fmt(row.get(key), spec) for key, _, spec in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = f"{name} *(ablation)*" if name in ablations else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -63,10 +64,11 @@ def _anchors(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _goals(name: str, methods: dict[str, dict[str, Any]]) -> list[str]:
+def _goals(name: str, methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str]:
     lines = []
     for method, row in methods.items():
-        if row.get("kind") != "model" or not method.startswith("EDM"):
+        diffusion = method.startswith(("EDM", "residual EDM"))
+        if row.get("kind") != "model" or not diffusion or method in ablations:
             continue
         checks = [
             f"CRPS {row['crps']:.3f} <= {goal}: {'yes' if row['crps'] <= goal else 'no'}"
@@ -132,9 +134,15 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             f"Domain: {suite['domain']}. {scores.get('n_test_days')} test times; observed q99 "
             f"{scores.get('q99_obs', float('nan')):.2f}.",
             "",
-            *_table(scores["methods"]),
+            *_table(scores["methods"], suite.get("ablations", [])),
             "",
         ]
+        if suite.get("ablations"):
+            lines += [
+                "*(ablation)*: rows of `--ablations` (REFERENCE's sigma_data 0.5, sigma_data 0.2, "
+                "the validation sampler sweep): how the core setting was found; see the notes below.",
+                "",
+            ]
         fast = suite.get("fast_sampler") or {}
         if fast.get("candidates"):
             lines += [
@@ -157,7 +165,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
                     f"- our {method} on that domain (bench/skill/radar_full_check.py): {shown}"
                 )
             lines.append("")
-        goals = _goals(name, scores["methods"])
+        goals = _goals(name, scores["methods"], suite.get("ablations", []))
         if goals:
             lines += ["Goals:", "", *goals, ""]
         lines += _gcm(suite.get("gcm") or {})

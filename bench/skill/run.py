@@ -643,8 +643,9 @@ def stage_report(suites: Sequence[Suite]) -> None:
         scores = _read_json(OUT / suite.name / "scores.json")
         if not scores:
             continue
-        # rows in the suite's order: baselines, then the models' samplings
-        order = [*suite.baselines, *(s.name for s in _samplings(suite))]
+        # rows in the suite's order: baselines, then the models' samplings, then ablation rows
+        core = [*suite.baselines, *(s.name for s in suite.samplings if not s.ablation)]
+        order = [*core, *(s.name for s in _samplings(suite))]
         methods = scores["methods"]
         scores["methods"] = {
             **{k: methods[k] for k in order if k in methods},
@@ -659,6 +660,7 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "fast_sampler": _read_json(OUT / suite.name / "fast_sampler.json"),
             "gcm": _read_json(OUT / suite.name / "gcm.json"),
             "commands": _commands(suite),
+            "ablations": [k for k in scores["methods"] if k not in core],
         }
     with open(RESULTS_JSON.with_suffix(".tmp"), "w") as fh:  # keep the table order in the JSON
         json.dump(data, fh, indent=1, default=_jsonable)
