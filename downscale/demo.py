@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
         [
             f"paths.output_dir={root / 'sample'}",
             f"run_dir={trained['run_dir']}",
-            "sampler=dpm2_heun",
+            # the best sampler at <= 10 NFE with the schedule on the trained noise range
+            # (docs/sampling.md): CRPS 0.99 against dpm2_heun 10 steps' 1.22 on the demo model
+            "sampler=dpmpp_2m",
             "sampler.steps=10",
+            "schedule.sigma_min=0.02",
             "evaluation=default",
         ],
     )
