@@ -164,8 +164,9 @@ class UNet(nn.Module):
             if tuple(loc.shape[1:]) != (height, width):
                 raise UserError(
                     f"input is {height}x{width} but the learned location map is "
-                    f"{loc.shape[1]}x{loc.shape[2]}; pass the patch anchors or set "
-                    "net.location_size to the input size"
+                    f"{loc.shape[1]}x{loc.shape[2]}; the models feed location maps whole-domain "
+                    "inputs only (patch training and tiled sampling do not pass patch anchors yet): "
+                    "train and sample on the whole domain or set net.location_channels=0"
                 )
             return loc.unsqueeze(0).expand(batch, -1, -1, -1)
         rows = anchor[:, 0, None] + torch.arange(height, device=anchor.device)  # (B, H)
