@@ -182,7 +182,7 @@ def main() -> None:
     isolated = max(r["ratio_isolated"] for r in results.values())
     print(f"worst ratio {worst:.3f}, worst isolated ratio {isolated:.4f} (goal <= {GOAL})")
     record = {
-        "command": "OMP_NUM_THREADS=1 python bench/sampler_overhead.py",
+        "command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv),
         "commit": commit,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
