@@ -146,7 +146,8 @@ def write_results(data: dict[str, Any], path: Path) -> None:
         fast = suite.get("fast_sampler") or {}
         if fast.get("candidates"):
             lines += [
-                "Fast sampler (<= 10 NFE) chosen by CRPS on the validation split (4 members):",
+                "Fast sampler (<= 10 NFE) chosen by CRPS on the validation split (4 members, "
+                f"`experiment={suite.get('fast_model')}`; `--ablations`):",
                 "",
                 "| sampler (overrides) | NFE | val CRPS | val RALSD |",
                 "| --- | ---: | ---: | ---: |",

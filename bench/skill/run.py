@@ -658,6 +658,7 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "anchor_domain": suite.anchor_domain,
             "anchor_check": _read_json(OUT / suite.anchor_check) if suite.anchor_check else {},
             "fast_sampler": _read_json(OUT / suite.name / "fast_sampler.json"),
+            "fast_model": suite.models.get(suite.fast_model or "", ""),
             "gcm": _read_json(OUT / suite.name / "gcm.json"),
             "commands": _commands(suite),
             "ablations": [k for k in scores["methods"] if k not in core],
@@ -684,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=OUT, help="outputs (stores, runs, samples)")
     args = parser.parse_args(argv)
-    ABLATIONS, OUT = args.ablations, args.out.resolve()
+    ABLATIONS, OUT = args.ablations, args.out.absolute()
     os.environ.setdefault("WANDB_MODE", "offline")
     sys.path.insert(0, str(REPO))
     suites = [SUITES[s] for s in (args.suite or list(SUITES))]
