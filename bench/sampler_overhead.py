@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=SAMPLERS, metavar="NAME")
     ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "sampler_overhead.json"
     )
@@ -151,7 +152,7 @@ def main() -> None:
         f"{'sampler':20s} {'NFE':>4s} {'sampler ms':>11s} {'NFE x fwd ms':>13s} {'ratio':>7s} "
         f"{'own ms':>7s} {'isolated':>8s}"
     )
-    for name in SAMPLERS:
+    for name in args.samplers:
         run(name)  # warm-up
         runs, bases, nfe = [], [], 0
         for _ in range(args.repeats):
