@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
@@ -75,21 +75,36 @@ def _init_from(model: L.LightningModule, path: str, channels: dict, targets: lis
     )
 
 
+def _model_class_attribute(model_cfg: DictConfig, name: str) -> Any:
+    """A class attribute of the model ``_target_`` (None when the target does not import: the
+    model's instantiation then reports it)."""
+    try:
+        return getattr(get_class(str(model_cfg.get("_target_"))), name, None)
+    except Exception:  # noqa: BLE001 - any import failure is reported by instantiate_user
+        return None
+
+
 def resolve_sigma_data(cfg: DictConfig, datamodule: Any) -> None:
     """``model.precond.sigma_data=auto``: set it to the std of the scaled training targets, in the
-    config itself, so that checkpoints and the loss weighting see the number."""
+    config itself, so that checkpoints and the loss weighting see the number.
+
+    A model that denoises something else (the residual model: target - regression mean) measures
+    its own once it can (``measures_own_sigma_data``); the targets' std is its provisional value.
+    """
     precond = cfg.model.get("precond")
     if not isinstance(precond, DictConfig) or precond.get("sigma_data") != "auto":
         return
-    require(
-        not str(cfg.model.get("_target_", "")).endswith("ResidualModel"),
-        "model.precond.sigma_data=auto measures the targets, but the residual model denoises "
-        "target - regression mean; set model.precond.sigma_data to a number (CorrDiff: 0.5)",
-    )
     precond.sigma_data = round(datamodule.scaled_target_std(), 4)
     loss = cfg.model.get("loss")
     if isinstance(loss, DictConfig) and loss.get("sigma_data") == "auto":  # a resolved config
         loss.sigma_data = precond.sigma_data
+    if _model_class_attribute(cfg.model, "measures_own_sigma_data"):
+        cfg.model.measure_sigma_data = True
+        rank_zero_info(
+            f"sigma_data=auto: measured by the model once it can (provisional {precond.sigma_data}, "
+            "the std of the scaled training targets)"
+        )
+        return
     rank_zero_info(f"sigma_data=auto: {precond.sigma_data} (std of the scaled training targets)")
 
 

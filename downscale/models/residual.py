@@ -10,11 +10,12 @@ The regression comes from a regression checkpoint (``regression_ckpt``) or is tr
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
@@ -52,6 +53,33 @@ def regression_state(path: str | Path, out_channels: int, cond_channels: int) ->
     return load_model(checkpoint, path).inference_module().state_dict()
 
 
+@torch.no_grad()
+def residual_std(
+    regression: nn.Module, batches: Iterable[dict], device: torch.device, max_batches: int = 100
+) -> float:
+    """Standard deviation of ``target - regression(cond)`` over valid cells, pooled over the
+    target variables, from at most ``max_batches`` batches: the ``sigma_data`` of the residual
+    denoiser (the residual's counterpart of ``DownscaleDataModule.scaled_target_std``)."""
+    total = torch.zeros(3, dtype=torch.float64, device=device)  # count, sum, sum of squares
+    was_training = regression.training
+    regression.eval()
+    for i, batch in enumerate(batches):
+        if i >= max_batches:
+            break
+        target, cond = batch["target"].to(device), batch["cond"].to(device)
+        mask = batch["mask"].to(device).expand_as(target) > 0
+        residual = (target - regression(cond)).double()
+        valid = mask & torch.isfinite(residual)
+        values = residual[valid]
+        total += torch.stack(
+            [values.new_tensor(values.numel()), values.sum(), values.square().sum()]
+        )
+    regression.train(was_training)
+    count, s1, s2 = total.tolist()
+    require(count > 1, "cannot measure sigma_data=auto: the training data has no valid cells")
+    return max(s2 / count - (s1 / count) ** 2, 0.0) ** 0.5
+
+
 class ResidualModel(DownscaleModule):
     """CorrDiff-style residual diffusion.
 
@@ -66,7 +94,13 @@ class ResidualModel(DownscaleModule):
             ``hr_mean_conditioning``).
         regression_trained: the regression weights come with the state dict (set in checkpoints so
             that sampling never needs the original regression checkpoint).
+        measure_sigma_data: replace the precond's (provisional) ``sigma_data`` by the std of the
+            residual ``y - mu`` over the training data once the regression is trained (set by
+            ``downscale.train`` for ``model.precond.sigma_data=auto``).
     """
+
+    #: ``sigma_data=auto`` means the residual's std, which only this model can measure
+    measures_own_sigma_data = True
 
     def __init__(
         self,
@@ -80,6 +114,7 @@ class ResidualModel(DownscaleModule):
         regression_loss: str = "mse",
         mean_conditioning: bool = True,
         regression_trained: bool = False,
+        measure_sigma_data: bool = False,
         variable_weights: Sequence[float] | None = None,
         val_seed: int = 1234,
         net_overrides: Mapping[str, Any] | None = None,
@@ -113,6 +148,8 @@ class ResidualModel(DownscaleModule):
         self.val_seed = val_seed
         self.bucket_edges = noise_bucket_edges()
         self.regression_ckpt = regression_ckpt
+        self.measure_sigma_data = bool(measure_sigma_data)
+        self.measured_sigma_data: float | None = None
         self.regression_epochs = 0 if (regression_ckpt or regression_trained) else regression_epochs
         # two stages: the denoiser gets no gradient in the first, the regression none in the second
         self.ddp_find_unused_parameters = self.regression_epochs > 0
@@ -169,11 +206,42 @@ class ResidualModel(DownscaleModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        """Entering the residual stage: the regression takes its EMA weights and is frozen."""
+        """Entering the residual stage: the regression takes its EMA weights and is frozen, and a
+        pending ``sigma_data`` is measured on the residual."""
         if self.regression_epochs and self.current_epoch >= self.regression_epochs:
             if self.current_epoch == self.regression_epochs and getattr(self, "ema", None):
                 self.regression.load_state_dict(self.ema.module["regression"].state_dict())
             self.regression.requires_grad_(False)
+        if (
+            self.measure_sigma_data
+            and self.measured_sigma_data is None
+            and not self.in_regression_stage()
+        ):
+            value = residual_std(self.regression, self.trainer.datamodule.train_dataloader(),
+                                 self.device)  # fmt: skip
+            # every rank uses rank 0's value (random patches differ between ranks)
+            self.set_sigma_data(float(self.trainer.strategy.broadcast(value, src=0)))
+            rank_zero_info(
+                f"sigma_data=auto: {self.measured_sigma_data} (std of target - regression mean "
+                "over the training data)"
+            )
+
+    def set_sigma_data(self, value: float) -> None:
+        """Use ``value`` as the residual's ``sigma_data`` in the preconditioning (live and EMA
+        denoisers) and the loss weighting; checkpoints then record it in their config."""
+        value = round(float(value), 4)
+        require(
+            value > 0,
+            "cannot set sigma_data=auto: target - regression mean has no spread over the training "
+            "data; set model.precond.sigma_data to a number",
+        )
+        denoisers = [self.denoiser]
+        if getattr(self, "ema", None) is not None:
+            denoisers.append(self.ema.module["denoiser"])
+        for denoiser in denoisers:
+            denoiser.sigma_data = value
+        self.loss_fn.sigma_data = value
+        self.measured_sigma_data = value
 
     # --- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -215,6 +283,10 @@ class ResidualModel(DownscaleModule):
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
         log_sigma_buckets(self, out, self.bucket_edges)
 
+    def run_summary(self) -> dict[str, float | int | str]:
+        """The base summary and the residual denoiser's ``sigma_data`` (measured or set)."""
+        return {**super().run_summary(), "sigma_data": self.denoiser.sigma_data}
+
     # --- checkpoints and sampling --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -224,7 +296,21 @@ class ResidualModel(DownscaleModule):
             config = copy.deepcopy(config)
             config["model"]["regression_ckpt"] = None
             config["model"]["regression_trained"] = True
+            if self.measured_sigma_data is not None:
+                config["model"]["measure_sigma_data"] = False
+                for part in ("precond", "loss"):
+                    if isinstance(config["model"].get(part), dict):
+                        config["model"][part]["sigma_data"] = self.measured_sigma_data
             checkpoint["downscale"]["config"] = config
+        if self.measured_sigma_data is not None:
+            checkpoint["downscale"]["residual_sigma_data"] = self.measured_sigma_data
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run keeps the ``sigma_data`` it measured (not re-measured mid-training)."""
+        super().on_load_checkpoint(checkpoint)
+        value = checkpoint.get("downscale", {}).get("residual_sigma_data")
+        if value is not None and self.measure_sigma_data:
+            self.set_sigma_data(value)
 
     @torch.no_grad()
     def generate(

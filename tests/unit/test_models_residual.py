@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from downscale.models.regression import RegressionModel
-from downscale.models.residual import ResidualModel
+from downscale.models.residual import ResidualModel, residual_std
 from downscale.utils.errors import UserError
 from tests.conftest import compose_config
 from tests.unit.models_helpers import (
@@ -145,3 +146,45 @@ def test_missing_or_wrong_regression_checkpoint_is_a_user_error(tmp_path):
         make(regression_ckpt=str(diffusion))
     with pytest.raises(UserError, match="needs a regression"):
         make(regression_epochs=0)
+
+
+def test_residual_std_matches_numpy():
+    model = make()
+    _perturb(model.regression)
+    batches = [batch(b=3, seed=s) for s in (0, 1)]
+    values = []
+    with torch.no_grad():
+        for b in batches:
+            r = (b["target"] - model.regression(b["cond"])).numpy()
+            values.append(r[b["mask"].expand_as(b["target"]).numpy() > 0])
+    expected = np.concatenate(values).std()
+    assert residual_std(model.regression, batches, torch.device("cpu")) == pytest.approx(
+        expected, rel=1e-6
+    )
+    # max_batches bounds the pass
+    first = residual_std(model.regression, batches, torch.device("cpu"), max_batches=1)
+    assert first == pytest.approx(values[0].std(), rel=1e-6)
+
+
+def test_measured_sigma_data_reaches_denoisers_loss_and_checkpoints():
+    model = make(measure_sigma_data=True)
+    model.set_sigma_data(0.12345)
+    assert model.denoiser.sigma_data == model.ema.module["denoiser"].sigma_data == 0.1235
+    assert model.loss_fn.sigma_data == 0.1235
+    model.run_info = {"config": {"model": {"precond": {"sigma_data": 0.3}, "loss": {"sigma_data": 0.3},
+                                           "measure_sigma_data": True}}}  # fmt: skip
+    ckpt = {}
+    model.on_save_checkpoint(ckpt)
+    saved = ckpt["downscale"]["config"]["model"]
+    # a model built from the checkpoint's config (sampling) gets the measured value
+    assert saved["precond"]["sigma_data"] == saved["loss"]["sigma_data"] == 0.1235
+    assert saved["measure_sigma_data"] is False
+    # a resumed run keeps the measured value instead of measuring again
+    resumed = make(measure_sigma_data=True)
+    resumed.on_load_checkpoint(ckpt)
+    assert resumed.measured_sigma_data == resumed.denoiser.sigma_data == 0.1235
+    fixed = make()  # a number in the config is not overridden
+    fixed.on_load_checkpoint(ckpt)
+    assert fixed.measured_sigma_data is None and fixed.denoiser.sigma_data == 0.5
+    with pytest.raises(UserError, match="no spread"):
+        model.set_sigma_data(0.0)

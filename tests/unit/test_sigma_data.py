@@ -35,16 +35,22 @@ def test_train_config_resolves_auto_into_the_config(tmp_path):
     assert cfg.model.loss.sigma_data == cfg.model.precond.sigma_data  # the loss weighting follows
 
 
-def test_a_number_is_kept_and_residual_auto_is_refused(tmp_path):
+def test_a_number_is_kept_and_the_residual_model_measures_its_own(tmp_path):
     dm = synthetic_datamodule(tmp_path, n_days=40, splits=SPLITS)
     cfg = compose_config("train", ["paths.output_dir=/tmp/unused", "model.precond.sigma_data=0.3"])
     resolve_sigma_data(cfg, dm)
     assert cfg.model.precond.sigma_data == 0.3
     cfg = compose_config("train", ["paths.output_dir=/tmp/unused", "model=residual"])
-    assert cfg.model.precond.sigma_data == 0.5
-    cfg.model.precond.sigma_data = "auto"
-    with pytest.raises(UserError, match="residual model denoises target - regression mean"):
-        resolve_sigma_data(cfg, dm)
+    assert cfg.model.precond.sigma_data == "auto" and cfg.model.measure_sigma_data is False
+    resolve_sigma_data(cfg, dm)
+    # provisional: the targets' std, replaced by the residual's once the regression is trained
+    assert cfg.model.precond.sigma_data == pytest.approx(dm.scaled_target_std(), abs=1e-4)
+    assert cfg.model.measure_sigma_data is True
+    cfg = compose_config(
+        "train", ["paths.output_dir=/tmp/unused", "model=residual", "model.precond.sigma_data=0.1"]
+    )
+    resolve_sigma_data(cfg, dm)
+    assert cfg.model.precond.sigma_data == 0.1 and cfg.model.measure_sigma_data is False
 
 
 def test_unresolved_auto_is_a_user_error():
