@@ -3,7 +3,7 @@ serves batches (contract in docs/architecture.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
 from downscale.data.chunks import open_array
-from downscale.data.datasets import Fields, UpsampleDataset
+from downscale.data.datasets import Fields, UpsampleDataset, time_offset_table
 from downscale.data.scaling import Scaler, scaler_from_state
 from downscale.data.store import (
     COARSE_PREFIX,
@@ -57,6 +57,9 @@ class DownscaleDataModule(L.LightningDataModule):
             ``{lat: [s, n], lon: [w, e]}``, usable as ``FixedRegionDataset(region=<name>)``.
         fit_scalers: fit scalers on the training split (True) or require scalers from a checkpoint
             (False: a store that is only ever sampled, e.g. GCM predictors on the training grids).
+        coarse_offsets: time steps of the predictors relative to the target (``[0, 1]``: the same
+            and the next step, e.g. for E-OBS days that end at 06 UTC of the next reanalysis day);
+            a step missing from the store is replaced by the target's own (``time_offset_table``).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class DownscaleDataModule(L.LightningDataModule):
         recipe: str | None = None,
         regions: dict[str, Any] | None = None,
         fit_scalers: bool = True,
+        coarse_offsets: Sequence[int] = (0,),
     ) -> None:
         super().__init__()
         self.store = str(store)
@@ -101,6 +105,7 @@ class DownscaleDataModule(L.LightningDataModule):
         self.recipe = recipe
         self.regions = {k: _plain(v) for k, v in (regions or {}).items()}
         self.fit_scalers = fit_scalers
+        self.coarse_offsets = _time_offsets(coarse_offsets)
         self.fitted = False
         self.ds: xr.Dataset | None = None
         self.fields: Fields | None = None
@@ -209,6 +214,11 @@ class DownscaleDataModule(L.LightningDataModule):
             lat=fine_lat,
             lon=fine_lon,
             regions=self.regions,
+            coarse_times=(
+                None
+                if self.coarse_offsets == [0]
+                else time_offset_table(times.values, self.coarse_offsets)
+            ),
         )
 
     # --- what models and checkpoints need ------------------------------------------------------
@@ -322,6 +332,19 @@ class DownscaleDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
+
+
+def _time_offsets(offsets: Any) -> list[int]:
+    """``data.coarse_offsets`` as distinct integers (time steps relative to the target's)."""
+    values = list(offsets) if isinstance(offsets, Sequence) and not isinstance(offsets, str) else []
+    require(
+        values
+        and all(isinstance(k, int | np.integer) and not isinstance(k, bool) for k in values)
+        and len(set(values)) == len(values),
+        f"data.coarse_offsets={offsets!r} must be a non-empty list of distinct integers (time steps "
+        "of the predictors relative to the target's), e.g. [0] or [0, 1]",
+    )
+    return [int(k) for k in values]
 
 
 def _require_finite(values: np.ndarray, name: str, ds: xr.Dataset) -> None:

@@ -2,7 +2,9 @@
 
 Each item is a dict: ``target`` (C_out, H, W) and ``cond`` (C_in, H, W) scaled, ``mask`` (1, H, W),
 ``time`` (index into the store's time axis) and ``anchor`` (row, col of the top-left corner).
-Coarse predictors are brought to the fine grid by nearest neighbour, as in the reference system.
+Coarse predictors are brought to the fine grid by nearest neighbour, as in the reference system; with
+time offsets (``DownscaleDataModule(coarse_offsets=[0, 1])``) the predictors of each offset follow
+one another in ``cond`` (all variables at ``t + k0``, then at ``t + k1``, ...).
 
 ``pad_to_multiple`` (whole-domain and fixed-region datasets) pads a window at its bottom/right edge up
 to a multiple of ``m`` (a UNet with L levels needs sizes divisible by 2**(L-1)): padded pixels have
@@ -13,6 +15,7 @@ its edge values, and the location channels continue their linear ramps. Crop mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,15 +47,43 @@ class Fields:
     lat: np.ndarray | None = None
     lon: np.ndarray | None = None
     regions: dict | None = None
+    coarse_times: np.ndarray | None = None  # (n_offsets, T) from time_offset_table; None: [t]
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
 
     @property
+    def n_offsets(self) -> int:
+        return 1 if self.coarse_times is None else len(self.coarse_times)
+
+    @property
     def cond_channels(self) -> int:
         extra = (2 if self.day_of_year is not None else 0) + (2 if self.location else 0)
-        return len(self.coarse) + len(self.statics) + extra
+        return len(self.coarse) * self.n_offsets + len(self.statics) + extra
+
+
+def time_offset_table(times: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """``(len(offsets), T)`` store indices of the predictors ``k`` time steps from each time ``t``.
+
+    The time step is the store's most common spacing. Where ``t + k`` steps is not in the store (its
+    first and last days, gaps such as the months between winters), index ``t`` itself stands in.
+    """
+    times = np.asarray(times).astype("datetime64[ns]")
+    n = len(times)
+    index = np.arange(n)
+    table = np.tile(index, (len(offsets), 1))
+    if n < 2:
+        return table
+    gaps, counts = np.unique(np.diff(times), return_counts=True)
+    step = gaps[np.argmax(counts)]
+    for row, k in enumerate(offsets):
+        j = index + int(k)
+        inside = (j >= 0) & (j < n)
+        exact = inside.copy()
+        exact[inside] = times[j[inside]] - times[inside] == int(k) * step
+        table[row, exact] = j[exact]
+    return table
 
 
 def padded_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -97,17 +128,20 @@ def read_window(
     r0, r1 = int(r_idx.min()), int(r_idx.max()) + 1
     c0, c1 = int(c_idx.min()), int(c_idx.max()) + 1
     cond = []
-    for arr, scaler, name in zip(
-        fields.coarse, fields.coarse_scalers, fields.coarse_names, strict=True
-    ):
-        block = np.asarray(arr[t, r0:r1, c0:c1], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise UserError(
-                f"NaNs in predictor '{name}' at time index {t}; fill or drop them when building the store"
+    coarse_times = [t] if fields.coarse_times is None else fields.coarse_times[:, t].tolist()
+    for tk in coarse_times:
+        for arr, scaler, name in zip(
+            fields.coarse, fields.coarse_scalers, fields.coarse_names, strict=True
+        ):
+            block = np.asarray(arr[tk, r0:r1, c0:c1], dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise UserError(
+                    f"NaNs in predictor '{name}' at time index {tk}; fill or drop them when "
+                    "building the store"
+                )
+            cond.append(
+                _pad(scaler.forward(block)[np.ix_(r_idx - r0, c_idx - c0)], pad_h, pad_w, "edge")
             )
-        cond.append(
-            _pad(scaler.forward(block)[np.ix_(r_idx - r0, c_idx - c0)], pad_h, pad_w, "edge")
-        )
     cond.extend(_pad(s[rows, cols], pad_h, pad_w, "edge") for s in fields.statics)
     if fields.day_of_year is not None:
         angle = 2 * np.pi * fields.day_of_year[t] / 365.25

@@ -10,6 +10,7 @@ from downscale.data.datasets import (
     RandomPatchDataset,
     UpsampleDataset,
     box_to_region,
+    time_offset_table,
 )
 from downscale.data.scaling import LogScaler, ZScaler
 from downscale.data.store import nearest_index, time_split
@@ -120,6 +121,9 @@ def test_date_splits_and_feb29():
         ({"splits": {"train": ["1990-01-01", "1990-02-01"]}}, "selects no time steps"),
         ({"variables": {"precip": LogScaler()}}, "no scaler for"),
         ({"store": "/nonexistent/store.zarr"}, "dataset store not found"),
+        ({"coarse_offsets": []}, "coarse_offsets"),
+        ({"coarse_offsets": [0, 0]}, "distinct integers"),
+        ({"coarse_offsets": [0, 0.5]}, "distinct integers"),
     ],
 )
 def test_bad_data_configs_are_user_errors(tmp_path, kwargs, message):
@@ -271,3 +275,37 @@ def test_location_channels_encode_the_patch_anchor(tmp_path):
         np.testing.assert_allclose(rows[:, 0], (row + np.arange(8)) / 31 * 2 - 1, atol=1e-6)
         np.testing.assert_allclose(cols[0], (col + np.arange(12)) / 31 * 2 - 1, atol=1e-6)
         assert (rows == rows[:, :1]).all() and (cols == cols[:1]).all()
+
+
+# --- predictors at other time steps -------------------------------------------------------------
+
+
+def test_time_offset_table_follows_the_calendar_not_the_index():
+    days = np.array(
+        ["2000-01-01", "2000-01-02", "2000-01-03", "2000-01-10", "2000-01-11"],
+        dtype="datetime64[D]",
+    )
+    table = time_offset_table(days, [0, 1, -1])
+    assert table[0].tolist() == [0, 1, 2, 3, 4]
+    # the day after 01-03 (index 3 is 01-10) and after the last day are missing: t stands in
+    assert table[1].tolist() == [1, 2, 2, 4, 4]
+    assert table[2].tolist() == [0, 0, 1, 3, 3]
+    assert time_offset_table(days[:1], [1]).tolist() == [[0]]
+
+
+def test_coarse_offsets_stack_the_predictors_of_each_step(tmp_path):
+    plain = make_dm(tmp_path)
+    dm = make_dm(tmp_path, coarse_offsets=[0, 1])
+    assert dm.cond_channels == plain.cond_channels + 2  # precip, humidity at t + 1
+    ds, ds0 = (
+        UpsampleDataset(dm.fields, np.arange(40)),
+        UpsampleDataset(plain.fields, np.arange(40)),
+    )
+    for t in (3, 39):
+        item, now = ds[t], ds0[t]
+        following = ds0[min(t + 1, 39)]  # the synthetic store has consecutive days; 39 is the last
+        torch.testing.assert_close(item["cond"][:2], now["cond"][:2])
+        torch.testing.assert_close(item["cond"][2:4], following["cond"][:2])
+        torch.testing.assert_close(item["cond"][4:], now["cond"][2:])  # statics after the offsets
+        torch.testing.assert_close(item["target"], now["target"])
+    assert not torch.equal(ds[3]["cond"][2:4], ds[3]["cond"][:2])
