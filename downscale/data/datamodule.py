@@ -14,7 +14,7 @@ import xarray as xr
 from torch.utils.data import DataLoader, Dataset
 
 from downscale.data.chunks import open_array
-from downscale.data.datasets import Fields, UpsampleDataset, time_offset_table
+from downscale.data.datasets import Fields, UpsampleDataset
 from downscale.data.scaling import Scaler, scaler_from_state
 from downscale.data.store import (
     COARSE_PREFIX,
@@ -22,6 +22,7 @@ from downscale.data.store import (
     nearest_index,
     open_store,
     require_variables,
+    time_offset_table,
     time_split,
     valid_mask,
 )

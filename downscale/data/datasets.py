@@ -15,7 +15,6 @@ its edge values, and the location channels continue their linear ramps. Crop mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,29 +60,6 @@ class Fields:
     def cond_channels(self) -> int:
         extra = (2 if self.day_of_year is not None else 0) + (2 if self.location else 0)
         return len(self.coarse) * self.n_offsets + len(self.statics) + extra
-
-
-def time_offset_table(times: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
-    """``(len(offsets), T)`` store indices of the predictors ``k`` time steps from each time ``t``.
-
-    The time step is the store's most common spacing. Where ``t + k`` steps is not in the store (its
-    first and last days, gaps such as the months between winters), index ``t`` itself stands in.
-    """
-    times = np.asarray(times).astype("datetime64[ns]")
-    n = len(times)
-    index = np.arange(n)
-    table = np.tile(index, (len(offsets), 1))
-    if n < 2:
-        return table
-    gaps, counts = np.unique(np.diff(times), return_counts=True)
-    step = gaps[np.argmax(counts)]
-    for row, k in enumerate(offsets):
-        j = index + int(k)
-        inside = (j >= 0) & (j < n)
-        exact = inside.copy()
-        exact[inside] = times[j[inside]] - times[inside] == int(k) * step
-        table[row, exact] = j[exact]
-    return table
 
 
 def padded_size(size: tuple[int, int], multiple: int) -> tuple[int, int]:

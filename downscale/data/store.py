@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,26 @@ def time_split(times: pd.DatetimeIndex, bounds: list) -> np.ndarray:
 def _is_day(text: str) -> bool:
     """True for a date without a time of day (``1997-11-30``), false for ``1997-11-30T06:00``."""
     return not any(c in text for c in "T :")
+
+
+def time_offset_table(times: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """``(len(offsets), T)`` store indices of the predictors ``k`` time steps from each time ``t``.
+
+    The time step is the store's most common spacing. Where ``t + k`` steps is not in the store (its
+    first and last days, gaps such as the months between winters), index ``t`` itself stands in.
+    """
+    times = np.asarray(times).astype("datetime64[ns]")
+    n = len(times)
+    index = np.arange(n)
+    table = np.tile(index, (len(offsets), 1))
+    if n < 2:
+        return table
+    gaps, counts = np.unique(np.diff(times), return_counts=True)
+    step = gaps[np.argmax(counts)]
+    for row, k in enumerate(offsets):
+        j = index + int(k)
+        inside = (j >= 0) & (j < n)
+        exact = inside.copy()
+        exact[inside] = times[j[inside]] - times[inside] == int(k) * step
+        table[row, exact] = j[exact]
+    return table

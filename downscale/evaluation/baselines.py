@@ -21,6 +21,7 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from downscale.data.store import time_offset_table
 from downscale.evaluation.metrics._common import MEMBER, TIME
 from downscale.utils.errors import UserError
 
@@ -283,15 +284,27 @@ def analog_baseline(
     variable: str = "precip",
     k: int = 16,
     predictors: Sequence[str] | None = None,
+    coarse_offsets: Sequence[int] = (0,),
 ) -> xr.DataArray:
-    """Analogs from the training days using every ``coarse_*`` field (or ``predictors``)."""
+    """Analogs from the training days using every ``coarse_*`` field (or ``predictors``), at the
+    day's own time step and at ``coarse_offsets`` steps from it (as ``data.coarse_offsets``: where a
+    step is missing from the store, the day's own predictors stand in)."""
     names = (
         list(predictors) if predictors else [v for v in store.data_vars if v.startswith("coarse_")]
     )
     if not names:
         raise UserError("the dataset store has no coarse_* predictors for analogs; drop analogs")
-    train = store[names].sel({TIME: train_times}).load()
-    test = store[names].sel({TIME: test_times}).load()
+    fields = store[names]
+    table = time_offset_table(store[TIME].values, list(coarse_offsets))
+    shifted = [
+        fields.isel({TIME: rows})
+        .assign_coords({TIME: store[TIME].values})
+        .rename({name: f"{name}@{offset:+d}" for name in names})
+        for offset, rows in zip(coarse_offsets, table, strict=True)
+    ]
+    predictors_all = xr.merge(shifted)
+    train = predictors_all.sel({TIME: train_times}).load()
+    test = predictors_all.sel({TIME: test_times}).load()
     return analogs(train, store[variable].sel({TIME: train_times}), test, k=k)
 
 

@@ -74,6 +74,25 @@ def test_analogs_find_the_identical_day_first():
     assert not np.allclose(out.isel(member=1, time=0).values, first)
 
 
+def test_analogs_with_the_next_day_break_a_same_day_tie():
+    store = make_store(days=10)
+    coarse = store[["coarse_precip", "coarse_t"]]
+    # test day 7 has the same-day predictors of training days 2 and 5; only day 5's next day (6)
+    # also matches day 7's next day (8)
+    for name in coarse.data_vars:
+        values = store[name].values
+        values[2] = values[5] = values[7]
+        values[6] = values[8]
+        store[name] = (store[name].dims, values)
+    train, test = store.time.values[:6], store.time.values[[7]]
+    same_day = baselines.analog_baseline(store, test, train, k=2)
+    assert {float(v) for v in same_day.isel(time=0).mean(("lat", "lon")).values} == {
+        float(store.precip.isel(time=d).mean()) for d in (2, 5)
+    }  # a tie at distance 0
+    both = baselines.analog_baseline(store, test, train, k=1, coarse_offsets=[0, 1])
+    np.testing.assert_allclose(both.isel(member=0, time=0).values, store.precip.isel(time=5).values)
+
+
 def test_rainfarm_conserves_coarse_means_and_is_seeded():
     store = make_store(days=3)
     out = baselines.rainfarm_baseline(store, store.time.values, n_members=4, seed=1)

@@ -10,10 +10,9 @@ from downscale.data.datasets import (
     RandomPatchDataset,
     UpsampleDataset,
     box_to_region,
-    time_offset_table,
 )
 from downscale.data.scaling import LogScaler, ZScaler
-from downscale.data.store import nearest_index, time_split
+from downscale.data.store import nearest_index, time_offset_table, time_split
 from downscale.data.synthetic import synthetic_store
 from downscale.utils.errors import UserError
 
