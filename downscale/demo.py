@@ -25,7 +25,9 @@ def compose_config(name: str, overrides: list[str]):
 @report_user_errors
 def main(argv: list[str] | None = None) -> dict:
     from downscale import sample, train
+    from downscale.utils.malloc import tune_malloc
 
+    tune_malloc()
     os.environ.setdefault("WANDB_MODE", "offline")
     root = Path("outputs") / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     extra = list(argv if argv is not None else sys.argv[1:])

@@ -702,6 +702,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help="outputs (stores, runs, samples)")
     args = parser.parse_args(argv)
     ABLATIONS, OUT = args.ablations, args.out.absolute()
+    from downscale.utils.malloc import tune_malloc
+
+    tune_malloc()  # as the entry points' command lines do
     os.environ.setdefault("WANDB_MODE", "offline")
     sys.path.insert(0, str(REPO))
     suites = [SUITES[s] for s in (args.suite or list(SUITES))]

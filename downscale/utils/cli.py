@@ -15,6 +15,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from downscale.utils.errors import full_traceback_requested
+from downscale.utils.malloc import tune_malloc
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -65,7 +66,9 @@ def run_cli(config_name: str, hydra_main: Callable[[], Any]) -> None:
     """Validate the command line, then hand over to Hydra's own main.
 
     ``--debug`` (anywhere on the line) is the same as ``HYDRA_FULL_ERROR=1``: full tracebacks.
+    Also tunes the CPU memory allocator (:func:`downscale.utils.malloc.tune_malloc`).
     """
+    tune_malloc()
     if "--debug" in sys.argv[1:]:
         sys.argv = [a for a in sys.argv if a != "--debug"]
         os.environ["HYDRA_FULL_ERROR"] = "1"
