@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from downscale.sampling import samplers as smp  # noqa: E402
 from downscale.sampling.schedules import sigmas_karras  # noqa: E402
 from downscale.utils.atomic import write_text  # noqa: E402
+from downscale.utils.malloc import tune_malloc  # noqa: E402
 
 GOAL = 1.03
 SAMPLERS = sorted(n.removeprefix("sample_") for n in dir(smp) if n.startswith("sample_"))
@@ -91,10 +92,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=SAMPLERS, metavar="NAME")
     ap.add_argument(
+        "--malloc",
+        choices=["default", "tuned"],
+        default="default",
+        help="glibc allocator settings: its defaults, or those of the entry points (tune_malloc)",
+    )
+    ap.add_argument(
         "--out", type=Path, default=ROOT / "bench" / "results" / "sampler_overhead.json"
     )
     args = ap.parse_args()
     commit = git_commit()  # the code measured (read before the run)
+    if args.malloc == "tuned" and not tune_malloc():
+        ap.error("--malloc tuned needs Linux with glibc (and DOWNSCALE_MALLOC_TUNING unset)")
 
     torch.manual_seed(0)
     net = conv_net(2, args.width)
