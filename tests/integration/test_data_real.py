@@ -49,10 +49,11 @@ def _datamodule(data_dir: str, option: str = "iberia"):
 def test_iberia_batches_are_padded_and_masked(data_dir):
     dm = _datamodule(data_dir)
     dm.prepare()
-    assert dm.grid_shape == (19, 29) and dm.cond_channels == 5
+    # 5 predictors of the day and 5 of the next day (data.coarse_offsets: [0, 1])
+    assert dm.grid_shape == (19, 29) and dm.cond_channels == 10
     batch = next(iter(dm.train_dataloader()))
     assert batch["target"].shape == (32, 1, 24, 32)
-    assert batch["cond"].shape == (32, 5, 24, 32)
+    assert batch["cond"].shape == (32, 10, 24, 32)
     store = xr.open_zarr(dm.store, consolidated=False)
     valid = store.valid_mask.values.astype(bool)
     mask = batch["mask"][0, 0].numpy()
@@ -86,6 +87,22 @@ def test_iberia_splits_by_date(data_dir):
     ).any()
 
 
+def test_iberia_next_day_predictors_follow_the_calendar(data_dir):
+    dm = _datamodule(data_dir)
+    dm.prepare()
+    days = pd.DatetimeIndex(dm.ds.time.values)
+    dataset = dm.dataset("train")
+    position = {int(t): i for i, t in enumerate(dm.split_indices["train"])}
+    mid_winter = days.get_loc(pd.Timestamp("1990-01-10"))
+    following = dataset[position[mid_winter + 1]]["cond"][:5]
+    torch.testing.assert_close(dataset[position[mid_winter]]["cond"][5:], following)
+    # the last day of a winter has no next day in the store: its own predictors stand in
+    end = days.get_loc(pd.Timestamp("1990-02-28"))
+    assert days[end + 1] == pd.Timestamp("1990-12-01")
+    item = dataset[position[end]]["cond"]
+    torch.testing.assert_close(item[5:], item[:5])
+
+
 def test_iberia_scalers_fitted_on_training_days_only(data_dir):
     dm = _datamodule(data_dir)
     dm.prepare()
@@ -108,7 +125,7 @@ def test_gcm_store_uses_the_iberia_scalers(data_dir):
     gcm.prepare()
     assert gcm.scalers["coarse_ta850"].mean == reanalysis.scalers["coarse_ta850"].mean
     item = gcm.dataset("test")[0]
-    assert item["cond"].shape == (5, 24, 32)
+    assert item["cond"].shape == (10, 24, 32)
     # the GCM's predictors differ from the reanalysis on the same day
     assert not torch.allclose(item["cond"], reanalysis.dataset("test")[0]["cond"])
 
