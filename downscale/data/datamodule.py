@@ -23,6 +23,7 @@ from downscale.data.store import (
     open_store,
     require_variables,
     time_offset_table,
+    time_offsets,
     time_split,
     valid_mask,
 )
@@ -106,7 +107,7 @@ class DownscaleDataModule(L.LightningDataModule):
         self.recipe = recipe
         self.regions = {k: _plain(v) for k, v in (regions or {}).items()}
         self.fit_scalers = fit_scalers
-        self.coarse_offsets = _time_offsets(coarse_offsets)
+        self.coarse_offsets = time_offsets(coarse_offsets)
         self.fitted = False
         self.ds: xr.Dataset | None = None
         self.fields: Fields | None = None
@@ -333,19 +334,6 @@ class DownscaleDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"), self.eval_batch_size, shuffle=False)
-
-
-def _time_offsets(offsets: Any) -> list[int]:
-    """``data.coarse_offsets`` as distinct integers (time steps relative to the target's)."""
-    values = list(offsets) if isinstance(offsets, Sequence) and not isinstance(offsets, str) else []
-    require(
-        values
-        and all(isinstance(k, int | np.integer) and not isinstance(k, bool) for k in values)
-        and len(set(values)) == len(values),
-        f"data.coarse_offsets={offsets!r} must be a non-empty list of distinct integers (time steps "
-        "of the predictors relative to the target's), e.g. [0] or [0, 1]",
-    )
-    return [int(k) for k in values]
 
 
 def _require_finite(values: np.ndarray, name: str, ds: xr.Dataset) -> None:

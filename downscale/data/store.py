@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,16 @@ def time_offset_table(times: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
         exact[inside] = times[j[inside]] - times[inside] == int(k) * step
         table[row, exact] = j[exact]
     return table
+
+
+def time_offsets(offsets: Any) -> list[int]:
+    """``data.coarse_offsets`` as distinct integers (time steps relative to the target's)."""
+    values = list(offsets) if isinstance(offsets, Sequence) and not isinstance(offsets, str) else []
+    require(
+        values
+        and all(isinstance(k, int | np.integer) and not isinstance(k, bool) for k in values)
+        and len(set(values)) == len(values),
+        f"data.coarse_offsets={offsets!r} must be a non-empty list of distinct integers (time steps "
+        "of the predictors relative to the target's), e.g. [0] or [0, 1]",
+    )
+    return [int(k) for k in values]

@@ -21,7 +21,7 @@ import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from downscale.data.store import time_offset_table
+from downscale.data.store import time_offset_table, time_offsets
 from downscale.evaluation.metrics._common import MEMBER, TIME
 from downscale.utils.errors import UserError
 
@@ -295,7 +295,8 @@ def analog_baseline(
     if not names:
         raise UserError("the dataset store has no coarse_* predictors for analogs; drop analogs")
     fields = store[names]
-    table = time_offset_table(store[TIME].values, list(coarse_offsets))
+    coarse_offsets = time_offsets(coarse_offsets)
+    table = time_offset_table(store[TIME].values, coarse_offsets)
     shifted = [
         fields.isel({TIME: rows})
         .assign_coords({TIME: store[TIME].values})
