@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import git_commit  # noqa: E402
+
 COND, HEIGHT, WIDTH = 10, 24, 32
 
 
@@ -77,11 +79,6 @@ def child(tuned: bool, forward_batch: int, train_batch: int, calls: int) -> dict
         "train_step_ms": statistics.median(steps) * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
-    return out.stdout.decode().strip() or "unknown"
 
 
 def main() -> None:

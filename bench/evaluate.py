@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +35,10 @@ from downscale.evaluation.metrics import pixel
 from downscale.evaluation.runner import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import git_commit  # noqa: E402
+
 GOAL = 0.1
 
 
@@ -128,20 +132,6 @@ def bench_crps(args) -> dict:
     }
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=8)
@@ -154,7 +144,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "evaluate.json")
     args = parser.parse_args()
 
-    commit = _commit()  # the code measured: read before the (long) run
+    commit = git_commit()  # the code measured: read before the (long) run
     scorecard = bench_scorecard(args)
     crps_args = argparse.Namespace(
         members=args.crps_members, crps_days=args.crps_days, size=args.crps_size

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ import xarray as xr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import git_commit  # noqa: E402
 
 GOAL_NFE = 10
 TOLERANCE = 0.01
@@ -211,9 +212,7 @@ def main() -> None:
     from downscale.utils.checkpoint import find_checkpoint, load_checkpoint, load_model
 
     torch.manual_seed(0)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

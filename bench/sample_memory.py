@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import git_commit  # noqa: E402
+
 GOAL = 1.05
 
 
@@ -117,9 +119,7 @@ def main() -> None:
         row = measure(args.child, args.size, args.members, args.block, args.batch, args.workdir)
         print(json.dumps(row))
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         from downscale.data.synthetic import synthetic_store

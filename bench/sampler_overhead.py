@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import git_commit  # noqa: E402
 from downscale.sampling import samplers as smp  # noqa: E402
 from downscale.sampling.schedules import sigmas_karras  # noqa: E402
 from downscale.utils.atomic import write_text  # noqa: E402
@@ -73,14 +73,6 @@ class Counted:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.net(torch.cat([x, cond], dim=1))
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True)
-        return out.stdout.decode().strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

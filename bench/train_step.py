@@ -19,7 +19,6 @@ import copy
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed copy
 
 import downscale.utils.resolvers  # noqa: E402, F401  (registers ${first:...})
+from bench.common import git_commit  # noqa: E402
 
 C_OUT, C_COND = 1, 3
 
@@ -171,15 +171,6 @@ def run_bare(args, device: torch.device) -> dict[str, float]:
     return rates(args.steps - args.warmup, start, clocks())
 
 
-def commit() -> str:
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True
-        ).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--net", default="tiny")
@@ -223,7 +214,7 @@ def main() -> None:
     print(f"ratio {ratio:.3f} (goal >= 0.95)")
     result = {
         "benchmark": "train_step",
-        "commit": commit(),
+        "commit": git_commit(),
         "device": name,
         "torch": torch.__version__,
         "lightning": L.__version__,

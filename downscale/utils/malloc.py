@@ -6,7 +6,7 @@ threshold is free; a network whose activations are a few MB each then takes page
 forward pass. Raising both thresholds keeps that memory in the process for reuse (PyTorch's CPU
 tuning guide gets the same effect by preloading jemalloc or tcmalloc, which pip cannot install).
 Measured by ``bench/cpu_malloc.py`` (docs/models.md): the Iberia tiny net's batch-64 forward pass
-20-26% faster, a training step 4-8% faster. The cost is that memory freed by the process is not
+24% faster, a batch-32 training step 6% faster, at the same peak RSS. The cost is that memory freed by the process is not
 returned to the system until it exits (blocks above 32 MiB still are).
 
 Set ``DOWNSCALE_MALLOC_TUNING=0`` to keep glibc's defaults.
