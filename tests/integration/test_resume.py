@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -94,4 +96,6 @@ def test_resume_continues_the_same_wandb_run(tmp_path, cache_dir, monkeypatch):
     _train(tmp_path / "unused", ["trainer.max_epochs=2", f"resume={tmp_path}"], logger="wandb")
     assert (tmp_path / "wandb_id.txt").read_text().strip() == run_id
     runs = sorted(p.name for p in (tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(name.endswith(run_id) for name in runs)
+    # offline-run-<YYYYMMDD_HHMMSS>-<id>; W&B appends -1 when both runs start in the same second
+    pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?")
+    assert len(runs) == 2 and all(pattern.fullmatch(name) for name in runs), (run_id, runs)
