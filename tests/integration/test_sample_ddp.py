@@ -3,8 +3,11 @@ a deterministic model asked for several members draws one, with a warning."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from downscale import sample, train
@@ -38,7 +41,16 @@ def sample_cfg(root, run_dir, name, *extra):
 
 def test_two_processes_write_the_store_of_one(run_dir):
     root, run = run_dir
-    one = sample.run(sample_cfg(root, run, "one"))
+    # bitwise equality needs equal thread counts: each of the 2 CPU ranks runs OMP_NUM_THREADS
+    # threads, or cpu_count // 2 when it is unset (Lightning), so sample the reference with as many
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // 2))
+    )
+    try:
+        one = sample.run(sample_cfg(root, run, "one"))
+    finally:
+        torch.set_num_threads(threads)
     two = sample.run(sample_cfg(root, run, "two", "devices=2", "strategy=ddp_spawn"))
     a = xr.open_zarr(one["path"], consolidated=False)
     b = xr.open_zarr(two["path"], consolidated=False)
