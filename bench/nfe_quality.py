@@ -230,7 +230,9 @@ def main() -> None:
         settings += [(s, args.ref_steps, True) for s in REFERENCE]
         for name, steps, is_ref in settings:
             cfg = compose("sample", [f"sampler={name}", f"sampler.steps={steps}", *args.override])
-            run = sample.build_sampler(cfg)
+            run, _ = sample.scale_schedule(
+                sample.build_sampler(cfg), model, cfg.get("schedule_sigma_data")
+            )
             request = SampleRequest(
                 out=work / f"{name}-{steps}.zarr",
                 times=times,

@@ -6,6 +6,7 @@ block by block into ``samples.zarr`` (resumable), then evaluates it unless ``eva
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
 from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
+from downscale.sampling.schedules import denoiser_sigma_data, scale_to_sigma_data
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
 from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
@@ -45,6 +47,17 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
     if wrap is not None:
         wrap(lambda x, sigma, cond: x)  # the constructor checks tile, overlap, halo and max_batch
     return SamplerRun(fn=fn, sigmas=sigmas, wrap=wrap)
+
+
+def scale_schedule(
+    sampler: SamplerRun, model: Any, reference: float | None
+) -> tuple[SamplerRun, float]:
+    """The sampler with its schedule moved to the model's ``sigma_data`` (``schedule_sigma_data``:
+    the data std the schedule is written for; :func:`scale_to_sigma_data`), and the factor."""
+    sigma_data = denoiser_sigma_data(model)
+    sigmas = scale_to_sigma_data(sampler.sigmas, sigma_data, reference)
+    scale = 1.0 if sigma_data is None or reference is None else sigma_data / reference
+    return dataclasses.replace(sampler, sigmas=sigmas), scale
 
 
 def _check_arguments(fn: Any, group: str) -> None:
@@ -93,6 +106,15 @@ def check_options(cfg: DictConfig) -> SamplerRun | None:
             isinstance(value, int) and not isinstance(value, bool) and value >= 1,
             f"{key} must be an integer >= 1, got {value!r}; set {key}=1 or more",
         )
+    reference = cfg.get("schedule_sigma_data")
+    require(
+        reference is None
+        or (
+            isinstance(reference, int | float) and not isinstance(reference, bool) and reference > 0
+        ),
+        f"schedule_sigma_data must be a positive number or null, got {reference!r}; "
+        "e.g. schedule_sigma_data=0.5 (EDM's schedules) or null (the schedule as written)",
+    )
     return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
 
 
@@ -117,6 +139,9 @@ def prepare(cfg: DictConfig) -> SampleJob:
     if not getattr(model, "needs_sampler", True):  # regression, GAN: only tiling= applies
         sampler = OneShotRun(sampler.wrap) if sampler is not None and sampler.wrap else None
     stepped = isinstance(sampler, SamplerRun)
+    schedule_scale = 1.0
+    if stepped:
+        sampler, schedule_scale = scale_schedule(sampler, model, cfg.get("schedule_sigma_data"))
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -128,6 +153,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "checkpoint_sha256": file_sha256(ckpt_path),
             "sampler": json.dumps(to_plain(cfg.sampler)) if stepped else "none",
             "schedule": json.dumps(to_plain(cfg.schedule)) if stepped else "none",
+            "schedule_scale": schedule_scale,
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
@@ -157,6 +183,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result = launch_ranks(cfg, devices)
         if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
             return {}
+    result["schedule_scale"] = job.request.attrs["schedule_scale"]
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
     out_dir = Path(cfg.out).parent
     if cfg.get("evaluate"):
@@ -237,6 +264,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         row["schedule"] = schedule.pop("_target_").rsplit(".", 1)[-1].removeprefix("sigmas_")
         schedule.pop("_partial_", None)
         row.update({f"schedule.{k}": v for k, v in schedule.items()})
+        row["schedule.scale"] = result.get("schedule_scale", 1.0)
     row.update(result.get("metrics") or {})
     return row
 

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from downscale.sampling.driver import SamplerRun
 from downscale.sampling.samplers import sample_euler
-from downscale.sampling.schedules import sigmas_karras
+from downscale.sampling.schedules import denoiser_sigma_data, scale_to_sigma_data, sigmas_karras
 from downscale.utils.atomic import atomic_path
 
 
@@ -62,7 +62,8 @@ class SamplePanels(L.Callback):
         n_images: fields of the batch shown (rows).
         n_members: members drawn per field (1 for deterministic models).
         steps: Euler steps of the quick sample (diffusion models), on a Karras schedule
-            ``sigma_min..sigma_max``.
+            ``sigma_min..sigma_max`` written for data of std ``schedule_sigma_data`` (scaled to the
+            model's ``sigma_data`` like ``downscale.sample`` does; None: as written).
         seed: seed of the draws, so panels of successive epochs compare.
         dirname: sub-directory of the run dir.
     """
@@ -75,6 +76,7 @@ class SamplePanels(L.Callback):
         steps: int = 8,
         sigma_min: float = 0.02,
         sigma_max: float = 80.0,
+        schedule_sigma_data: float | None = 0.5,
         seed: int = 0,
         dirname: str = "panels",
     ) -> None:
@@ -82,6 +84,7 @@ class SamplePanels(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.n_images, self.n_members, self.steps = n_images, n_members, steps
         self.sigma_min, self.sigma_max, self.seed = sigma_min, sigma_max, seed
+        self.schedule_sigma_data = schedule_sigma_data
         self.dirname = dirname
         self._batch: dict[str, torch.Tensor] | None = None
         self.saved: list[Path] = []
@@ -132,7 +135,11 @@ class SamplePanels(L.Callback):
         ]
         sampler = None
         if getattr(module, "needs_sampler", True):
-            sigmas = sigmas_karras(self.steps, self.sigma_min, self.sigma_max)
+            sigmas = scale_to_sigma_data(
+                sigmas_karras(self.steps, self.sigma_min, self.sigma_max),
+                denoiser_sigma_data(module),
+                self.schedule_sigma_data,
+            )
             sampler = SamplerRun(fn=sample_euler, sigmas=sigmas)
         was_training = module.training
         module.eval()

@@ -17,6 +17,8 @@ from torch import Tensor
 from downscale.utils.errors import UserError
 
 __all__ = [
+    "denoiser_sigma_data",
+    "scale_to_sigma_data",
     "sigma_vp",
     "sigmas_exponential",
     "sigmas_karras",
@@ -145,3 +147,32 @@ def sigmas_linear(n: int, sigma_min: float, sigma_max: float, *, device=None) ->
     """Uniform steps in sigma from ``sigma_max`` to ``sigma_min``, then 0."""
     _validate(n, sigma_min, sigma_max)
     return _finish(torch.linspace(sigma_max, sigma_min, n, dtype=torch.float64), device)
+
+
+def denoiser_sigma_data(model: object) -> float | None:
+    """The ``sigma_data`` of the EDM denoiser a model samples with (``model.denoiser``), or None
+    for models without one (VP preconditioning, regression, GAN)."""
+    value = getattr(getattr(model, "denoiser", None), "sigma_data", None)
+    return None if value is None else float(value)
+
+
+def scale_to_sigma_data(
+    sigmas: Tensor, sigma_data: float | None, reference: float | None = 0.5
+) -> Tensor:
+    """Noise levels of a schedule written for data of std ``reference``, moved to data of std
+    ``sigma_data``: ``sigmas * sigma_data / reference``.
+
+    EDM's sigma_min 0.002 and sigma_max 80 are chosen for data of std 0.5 (Karras et al. 2022,
+    Sec. 5 and App. D.1). Diffusion is equivariant to scaling: the probability-flow ODE of ``c x``
+    at noise ``c sigma`` is that of ``x`` at ``sigma`` scaled by ``c``, so a denoiser trained on
+    data of std ``sigma_data`` (``sigma_data=auto``) sees the same relative noise levels only on
+    the scaled schedule. Unchanged when either value is None.
+    """
+    if sigma_data is None or reference is None:
+        return sigmas
+    if not float(reference) > 0:
+        raise UserError(
+            f"schedule_sigma_data={reference} must be positive; use 0.5 (EDM) or null to keep "
+            "the schedule as written"
+        )
+    return sigmas * (float(sigma_data) / float(reference))

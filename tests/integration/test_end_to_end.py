@@ -72,6 +72,33 @@ def test_sample_store_has_the_contracted_layout_and_units(trained):
     assert (out["metrics_path"].parent / "figures").is_dir()
 
 
+def test_schedule_follows_the_models_sigma_data(trained):
+    """The default schedule_sigma_data=0.5 samples with EDM's 0.002..80 times sigma_data / 0.5:
+    the same draws as that schedule written out by hand with the scaling off."""
+    root, result = trained
+    config = load_checkpoint(result["last_ckpt"])["downscale"]["config"]
+    sigma_data = float(config["model"]["precond"]["sigma_data"])  # auto, measured at training
+    assert 0 < sigma_data < 0.45
+    scale = sigma_data / 0.5
+
+    def draw(name, *extra):
+        out = sample.run(sample_cfg(root, result["run_dir"], name, "evaluate=false", *extra))
+        return xr.open_zarr(out["path"], consolidated=False)
+
+    scaled = draw("scaled")
+    by_hand = draw(
+        "by_hand",
+        "schedule_sigma_data=null",
+        f"schedule.sigma_min={0.002 * scale!r}",
+        f"schedule.sigma_max={80.0 * scale!r}",
+    )
+    raw = draw("raw", "schedule_sigma_data=null")
+    assert scaled.attrs["schedule_scale"] == pytest.approx(scale)
+    assert by_hand.attrs["schedule_scale"] == raw.attrs["schedule_scale"] == 1.0
+    np.testing.assert_allclose(scaled.precip.values, by_hand.precip.values, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(scaled.precip.values, raw.precip.values, equal_nan=True)
+
+
 def test_trained_model_beats_an_untrained_one_on_crps(trained):
     root, result = trained
     checkpoint = load_checkpoint(result["last_ckpt"])
@@ -138,6 +165,7 @@ def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):
     assert len(table) == 4 and set(table["sampler"]) == {"euler", "heun"}
     assert sorted(table["nfe"]) == [2, 3, 4, 7]  # euler: steps; heun: 2 steps - 1
     assert table["crps"].notna().all()
+    assert table["schedule.scale"].between(0, 1, inclusive="neither").all()  # sigma_data < 0.5
     assert len({*table["job"]}) == 4  # distinct job dirs
     assert (sweep / "summary.md").is_file() and (sweep / "report.html").is_file()
     assert (sweep / "sweep_crps_vs_nfe.png").is_file()

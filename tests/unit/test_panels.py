@@ -7,6 +7,7 @@ import functools
 import numpy as np
 import torch
 
+from downscale.diffusion.precond import EDMPrecond
 from downscale.logging.panels import SamplePanels, plot_panels
 from downscale.models.diffusion import DiffusionModel
 from downscale.models.discriminator import Discriminator
@@ -58,3 +59,25 @@ def test_plot_panels_writes_png(tmp_path):
     path = plot_panels(truth, members, "test", tmp_path / "panels" / "epoch_0000.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "panels").glob(".*tmp*"))
+
+
+def test_quick_samples_scale_the_schedule_to_sigma_data():
+    """Like downscale.sample: sigma_data 0.2 on a schedule written for 0.5 = the schedule x 0.4."""
+    torch.manual_seed(0)
+    precond = functools.partial(EDMPrecond, sigma_data=0.2)
+    model = DiffusionModel(
+        tiny_net,
+        precond,
+        diffusion_loss(),
+        out_channels=C_OUT,
+        cond_channels=C_COND,
+        optimizer=adam,
+    )
+    cond = batch(b=2)["cond"]
+    scaled = SamplePanels(n_members=2, steps=3).sample(model, cond)
+    by_hand = SamplePanels(
+        n_members=2, steps=3, sigma_min=0.02 * 0.4, sigma_max=80.0 * 0.4, schedule_sigma_data=None
+    ).sample(model, cond)
+    as_written = SamplePanels(n_members=2, steps=3, schedule_sigma_data=None).sample(model, cond)
+    torch.testing.assert_close(scaled, by_hand)
+    assert not torch.allclose(scaled, as_written)

@@ -13,6 +13,8 @@ CASES = [
     (["schedule.sigma_min=100"], "needs 0 < sigma_min < sigma_max"),
     (["schedule=exponential", "schedule.sigma_min=80"], "needs 0 < sigma_min < sigma_max"),
     (["schedule.rho=0"], "rho must be > 0"),
+    (["schedule_sigma_data=0"], "schedule_sigma_data must be a positive number or null"),
+    (["schedule_sigma_data=auto"], "schedule_sigma_data must be a positive number or null"),
     (["n_members=0"], "n_members must be an integer >= 1"),
     (["block_size=0"], "block_size must be an integer >= 1"),
     (["devices=0"], "devices must be an integer >= 1"),
