@@ -65,3 +65,15 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     assert gcm["E-OBS (observed)"]["spectral_rms_db"] == pytest.approx(0.0, abs=1e-9)
     text = (tmp_path / "results.md").read_text()
     assert "| EDM euler 2 |" in text and data["commit"] in text
+
+    # a rerun reuses every finished store; a changed setting under the same name is refused
+    timing = tmp_path / "skill" / "iberia" / "samples" / "edm_euler_2" / "timing.json"
+    recorded = timing.read_text()
+    assert skill.main(["--suite", "iberia", "--stage", "sample"]) == 0
+    assert timing.read_text() == recorded
+    three = skill.Sampling("EDM euler 2", "edm", ("sampler=euler", "sampler.steps=3"), 2)
+    changed = dataclasses.replace(suite, samplings=(three,))
+    monkeypatch.setattr(skill, "SUITES", {"iberia": changed})
+    with pytest.raises(SystemExit) as exit_info:
+        skill.main(["--suite", "iberia", "--stage", "sample"])
+    assert exit_info.value.code == 2
