@@ -52,10 +52,10 @@ class UNet(nn.Module):
         cascade: also inject ``cond`` average-pooled to each coarser level (1x1 conv, added after
             the downsampling block of that level).
         location_channels: channels of a learned location map concatenated to the input (0: none).
-        location_size: ``(H, W)`` of the learned location map, i.e. of the full training domain.
-            With patches, pass ``anchor`` (B, 2) (row, col of each patch's top-left corner, as in
-            the batch) to ``forward`` so that each patch gets its own crop of the map; without
-            ``anchor`` the input must have exactly ``location_size``.
+        location_size: ``(H, W)`` of the learned location map: the whole (padded) domain that the
+            batches' anchors index. With patches or tiles, pass ``anchor`` (B, 2) (row, col of each
+            input's top-left corner, as in the batch) to ``forward`` so that each input gets its
+            own crop of the map; without ``anchor`` the input must have exactly ``location_size``.
     """
 
     def __init__(
@@ -158,21 +158,42 @@ class UNet(nn.Module):
         self.out_norm = group_norm(cout)
         self.out_conv = zero_module(nn.Conv2d(cout, out_channels, 3, padding=1))
 
-    def _location_map(self, batch: int, height: int, width: int, anchor: torch.Tensor | None):
+    def _location_map(
+        self, batch: int, height: int, width: int, anchor: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The (B, C, H, W) crops of the learned map at ``anchor`` (the whole map without it)."""
         loc = self.location
+        size = tuple(loc.shape[1:])
         if anchor is None:
-            if tuple(loc.shape[1:]) != (height, width):
+            if size != (height, width):
                 raise UserError(
-                    f"input is {height}x{width} but the learned location map is "
-                    f"{loc.shape[1]}x{loc.shape[2]}; the models feed location maps whole-domain "
-                    "inputs only (patch training and tiled sampling do not pass patch anchors yet): "
-                    "train and sample on the whole domain or set net.location_channels=0"
+                    f"input is {height}x{width} but the learned location map (net.location_size) is "
+                    f"{size[0]}x{size[1]} and no patch anchor was given; pass anchor= (each input's "
+                    "top-left (row, col) in the whole domain, as batch['anchor']) or feed the whole "
+                    "domain"
                 )
             return loc.unsqueeze(0).expand(batch, -1, -1, -1)
+        if tuple(anchor.shape) != (batch, 2):
+            raise ValueError(f"anchor must have shape ({batch}, 2), got {tuple(anchor.shape)}")
+        if not torch.compiler.is_compiling():  # a data-dependent check: eager mode only
+            self._check_anchor(anchor, height, width)
         rows = anchor[:, 0, None] + torch.arange(height, device=anchor.device)  # (B, H)
         cols = anchor[:, 1, None] + torch.arange(width, device=anchor.device)  # (B, W)
         crop = loc[:, rows[:, :, None], cols[:, None, :]]  # (C, B, H, W)
         return crop.permute(1, 0, 2, 3)
+
+    def _check_anchor(self, anchor: torch.Tensor, height: int, width: int) -> None:
+        """Raise a UserError when a ``height x width`` window at ``anchor`` leaves the map."""
+        size = tuple(self.location.shape[1:])
+        row0, col0, row1, col1 = torch.cat([anchor.amin(0), anchor.amax(0)]).tolist()
+        need = (row1 + height, col1 + width)
+        if min(row0, col0) < 0 or need[0] > size[0] or need[1] > size[1]:
+            raise UserError(
+                f"a {height}x{width} input at anchors rows {row0}..{row1}, cols {col0}..{col1} "
+                f"reaches {need[0]}x{need[1]}, outside the learned location map of "
+                f"{size[0]}x{size[1]} (net.location_size); set net.location_size to the whole "
+                "(padded) domain the inputs come from"
+            )
 
     def forward(
         self,
