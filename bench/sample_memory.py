@@ -52,7 +52,7 @@ def measure(n_days: int, size: int, members: int, block: int, batch: int, workdi
             s2, sig2 = 0.09, sigma.view(-1, 1, 1, 1) ** 2
             return (s2 * x + sig2 * cond[:, :1]) / (s2 + sig2)
 
-        def generate(self, cond, n_members, *, sampler, generators):
+        def generate(self, cond, n_members, *, sampler, generators, anchor=None):
             rep = cond.repeat_interleave(n_members, 0)
             x0 = sampler(self.denoise, rep, out_channels=1, generators=generators)
             return x0.view(cond.shape[0], n_members, 1, *cond.shape[-2:])

@@ -96,15 +96,14 @@ class SamplePanels(L.Callback):
         self, trainer, pl_module, outputs, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         if batch_idx == 0 and dataloader_idx == 0 and trainer.is_global_zero and self.due(trainer):
-            self._batch = {
-                k: batch[k][: self.n_images].detach() for k in ("cond", "target", "mask")
-            }
+            keys = [k for k in ("cond", "target", "mask", "anchor") if k in batch]
+            self._batch = {k: batch[k][: self.n_images].detach() for k in keys}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._batch is None or trainer.sanity_checking:
             return
         batch, self._batch = self._batch, None
-        members = self.sample(pl_module, batch["cond"])
+        members = self.sample(pl_module, batch["cond"], batch.get("anchor"))
         truth = batch["target"].float().cpu().numpy()
         draws = members.float().cpu().numpy()
         mask = batch["mask"].cpu().numpy()[:, 0].astype(bool)
@@ -125,8 +124,11 @@ class SamplePanels(L.Callback):
                 logger.log_image(key="val/panels", images=[str(path)], step=trainer.global_step)
 
     @torch.no_grad()
-    def sample(self, module: L.LightningModule, cond: torch.Tensor) -> torch.Tensor:
-        """(B, M, C, H, W) draws with the model's EMA weights, one seeded generator per draw."""
+    def sample(
+        self, module: L.LightningModule, cond: torch.Tensor, anchor: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, M, C, H, W) draws with the model's EMA weights, one seeded generator per draw;
+        ``anchor`` (B, 2): the batch's patch anchors (for a learned location map)."""
         stochastic = getattr(module, "stochastic", True)
         m = self.n_members if stochastic else 1
         generators = [
@@ -144,7 +146,7 @@ class SamplePanels(L.Callback):
         was_training = module.training
         module.eval()
         try:
-            return module.generate(cond, m, sampler=sampler, generators=generators)
+            return module.generate(cond, m, sampler=sampler, generators=generators, anchor=anchor)
         finally:
             module.train(was_training)
 

@@ -268,9 +268,17 @@ class DownscaleModule(L.LightningModule):
         *,
         sampler: Callable | None = None,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, n_members, C_out, H, W) draws in scaled space (see docs/architecture.md)."""
+        """(B, n_members, C_out, H, W) draws in scaled space (see docs/architecture.md); ``anchor``
+        (B, 2) is the (row, col) of each input's top-left corner in the whole domain (the batch's
+        ``anchor``), which nets with a learned location map need for patches and tiles."""
         raise NotImplementedError
+
+
+def repeat_members(anchor: torch.Tensor | None, n_members: int) -> torch.Tensor | None:
+    """Anchors (B, 2) repeated per member like ``cond`` in ``generate`` (None stays None)."""
+    return None if anchor is None else anchor.repeat_interleave(n_members, dim=0)
 
 
 def noise_bucket_edges(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
+from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges, repeat_members
 from downscale.utils.errors import require
 
 
@@ -33,7 +33,8 @@ class DiffusionModel(DownscaleModule):
     Args:
         net: factory ``(out_channels, cond_channels, noisy_channels) -> nn.Module`` (``conf/net``).
         precond: factory ``(net) -> denoiser`` (``EDMPrecond``, ``VPPrecond``).
-        loss: ``DiffusionLoss``: ``loss(denoiser, target, cond, mask) -> {loss, per_sample, sigma}``.
+        loss: ``DiffusionLoss``: ``loss(denoiser, target, cond, mask, anchor=...) -> {loss,
+            per_sample, sigma}`` (``anchor`` goes on to the net).
         out_channels, cond_channels: from the data (filled in by the train entry point).
         val_seed: fixed seed of validation noise so validation losses compare across epochs.
         net_overrides: net arguments this model needs whatever the ``net`` config says (VP:
@@ -75,7 +76,13 @@ class DiffusionModel(DownscaleModule):
         return [self.denoiser.net]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.loss_fn(self.denoiser, batch["target"], batch["cond"], batch["mask"])
+        out = self.loss_fn(
+            self.denoiser,
+            batch["target"],
+            batch["cond"],
+            batch["mask"],
+            anchor=batch.get("anchor"),
+        )
         self.check_finite(out["loss"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch["target"].shape[0])
         self.log_throughput(batch["target"].shape[0])
@@ -91,6 +98,7 @@ class DiffusionModel(DownscaleModule):
             batch["cond"],
             batch["mask"],
             generator=generator,
+            anchor=batch.get("anchor"),
         )
         n = batch["target"].shape[0]
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
@@ -104,11 +112,16 @@ class DiffusionModel(DownscaleModule):
         *,
         sampler: Callable | None = None,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         require(sampler is not None, "a diffusion model needs a sampler to generate (sampler=...)")
         b, _, h, w = cond.shape
         cond_rep = cond.repeat_interleave(n_members, dim=0)
         x0 = sampler(
-            self.inference_module(), cond_rep, out_channels=self.out_channels, generators=generators
+            self.inference_module(),
+            cond_rep,
+            out_channels=self.out_channels,
+            generators=generators,
+            anchor=repeat_members(anchor, n_members),
         )
         return x0.view(b, n_members, self.out_channels, h, w)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from downscale.models.base import DownscaleModule, build_net
+from downscale.models.base import DownscaleModule, build_net, repeat_members
 from downscale.models.losses import PixelLoss
 from downscale.sampling.samplers import randn_like
 from downscale.sampling.tiling import tiled_one_shot
@@ -47,9 +47,16 @@ class NoiseGenerator(nn.Module):
         shape = (b, self.noise_channels, h, w)
         return randn_like(torch.empty(shape, device=cond.device, dtype=cond.dtype), generators)
 
-    def forward(self, cond: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        cond: torch.Tensor,
+        z: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One draw per batch element; ``anchor`` (B, 2) goes to the net (learned location map)."""
         z = self.noise(cond) if z is None else z
-        return self.net(None, None, torch.cat([cond, z.to(cond.dtype)], dim=1)).to(torch.float32)
+        inputs = torch.cat([cond, z.to(cond.dtype)], dim=1)
+        return self.net(None, None, inputs, anchor=anchor).to(torch.float32)
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -213,23 +220,31 @@ class GANModel(DownscaleModule):
             return self.gradient_penalty * (norm - 1).square().mean()
         return 0.5 * self.gradient_penalty * norm.square().mean()
 
-    def draws(self, cond: torch.Tensor, k: int, generators: Any = None) -> torch.Tensor:
+    def draws(
+        self,
+        cond: torch.Tensor,
+        k: int,
+        generators: Any = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(B, k, C, H, W) generator draws (live weights)."""
         b, _, h, w = cond.shape
         cond_k = cond.repeat_interleave(k, dim=0)
-        out = self.generator(cond_k, self.generator.noise(cond_k, generators))
+        noise = self.generator.noise(cond_k, generators)
+        out = self.generator(cond_k, noise, anchor=repeat_members(anchor, k))
         return out.view(b, k, self.out_channels, h, w)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         g_opt, d_opt = self._optimizers()
         target, cond, mask = batch["target"], batch["cond"], batch["mask"]
+        anchor = batch.get("anchor")
         target = target * mask  # the discriminator never sees invalid pixels
         n = target.shape[0]
         adversarial = int(self.gen_steps) >= self.warmup_steps
 
         if adversarial:  # discriminator step on one detached draw
             with torch.no_grad():
-                fake = self.generator(cond) * mask
+                fake = self.generator(cond, anchor=anchor) * mask
             d_loss = discriminator_loss(
                 self.loss_kind, self.discriminator(target, cond), self.discriminator(fake, cond)
             )
@@ -241,7 +256,7 @@ class GANModel(DownscaleModule):
 
         self.discriminator.requires_grad_(False)
         try:
-            draws = self.draws(cond, self.content_draws)
+            draws = self.draws(cond, self.content_draws, anchor=anchor)
             content = self.content_loss(draws.mean(dim=1), target, mask)
             g_loss = content
             if adversarial:
@@ -271,7 +286,8 @@ class GANModel(DownscaleModule):
         k = self.content_draws
         cond_k = cond.repeat_interleave(k, dim=0)
         generator = self.inference_module()
-        draws = generator(cond_k, generator.noise(cond_k, g)).view(b, k, -1, h, w)
+        anchor_k = repeat_members(batch.get("anchor"), k)
+        draws = generator(cond_k, generator.noise(cond_k, g), anchor=anchor_k).view(b, k, -1, h, w)
         loss = self.content_loss(draws.mean(dim=1), target, mask)
         self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
 
@@ -283,6 +299,7 @@ class GANModel(DownscaleModule):
         *,
         sampler: Callable | None = None,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Members from the EMA generator; member ``i`` of the flattened (time, member) order takes
         its noise from ``generators[i]``."""
@@ -290,9 +307,10 @@ class GANModel(DownscaleModule):
         generator = self.inference_module()
         cond_rep = cond.repeat_interleave(n_members, dim=0)
         out = tiled_one_shot(
-            lambda z, c: generator(c, z),
+            lambda z, c, a: generator(c, z, anchor=a),
             generator.noise(cond_rep, generators),
             cond_rep,
             getattr(sampler, "wrap", None),
+            repeat_members(anchor, n_members),
         )
         return out.view(b, n_members, self.out_channels, h, w)

@@ -72,11 +72,12 @@ class RegressionModel(DownscaleModule):
     def compiled_modules(self) -> list[nn.Module]:
         return [self.regressor.net]
 
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.regressor(cond)
+    def forward(self, cond: torch.Tensor, anchor: torch.Tensor | None = None) -> torch.Tensor:
+        return self.regressor(cond, anchor=anchor)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss_fn(self.regressor(batch["cond"]), batch["target"], batch["mask"])
+        pred = self.regressor(batch["cond"], anchor=batch.get("anchor"))
+        loss = self.loss_fn(pred, batch["target"], batch["mask"])
         self.check_finite(loss)
         n = batch["target"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -84,7 +85,7 @@ class RegressionModel(DownscaleModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self.inference_module()(batch["cond"])
+        pred = self.inference_module()(batch["cond"], anchor=batch.get("anchor"))
         loss = self.loss_fn(pred, batch["target"], batch["mask"])
         n = batch["target"].shape[0]
         self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
@@ -97,6 +98,7 @@ class RegressionModel(DownscaleModule):
         *,
         sampler: Callable | None = None,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         require(
             n_members == 1,
@@ -105,6 +107,10 @@ class RegressionModel(DownscaleModule):
         net = self.inference_module()
         shape = (cond.shape[0], self.out_channels, *cond.shape[-2:])
         out = tiled_one_shot(
-            lambda _field, c: net(c), cond.new_zeros(shape), cond, getattr(sampler, "wrap", None)
+            lambda _field, c, a: net(c, anchor=a),
+            cond.new_zeros(shape),
+            cond,
+            getattr(sampler, "wrap", None),
+            anchor,
         )
         return out[:, None]

@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
+from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges, repeat_members
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
 from downscale.models.regression import RegressionNet
@@ -67,8 +67,10 @@ def residual_std(
         if i >= max_batches:
             break
         target, cond = batch["target"].to(device), batch["cond"].to(device)
+        anchor = batch.get("anchor")
+        anchor = None if anchor is None else anchor.to(device)
         mask = batch["mask"].to(device).expand_as(target) > 0
-        residual = (target - regression(cond)).double()
+        residual = (target - regression(cond, anchor=anchor)).double()
         valid = mask & torch.isfinite(residual)
         values = residual[valid]
         total += torch.stack(
@@ -246,15 +248,18 @@ class ResidualModel(DownscaleModule):
     # --- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         target, cond, mask = batch["target"], batch["cond"], batch["mask"]
+        anchor = batch.get("anchor")
         n = target.shape[0]
         if self.in_regression_stage():
-            loss = self.pixel_loss(self.regression(cond), target, mask)
+            loss = self.pixel_loss(self.regression(cond, anchor=anchor), target, mask)
             self.check_finite(loss)
             self.log("train/regression_loss", loss, prog_bar=True, batch_size=n)
         else:
             with torch.no_grad():
-                mean = self.regression(cond)
-            out = self.loss_fn(self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask)
+                mean = self.regression(cond, anchor=anchor)
+            out = self.loss_fn(
+                self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask, anchor=anchor
+            )
             loss = out["loss"]
             self.check_finite(loss)
             self.log("train/loss", loss, prog_bar=True, batch_size=n)
@@ -263,9 +268,10 @@ class ResidualModel(DownscaleModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         target, cond, mask = batch["target"], batch["cond"], batch["mask"]
+        anchor = batch.get("anchor")
         n = target.shape[0]
         body = self.inference_module()
-        mean = body["regression"](cond)
+        mean = body["regression"](cond, anchor=anchor)
         reg_loss = self.pixel_loss(mean, target, mask)
         self.log("val/regression_loss", reg_loss, batch_size=n, sync_dist=True)
         if self.in_regression_stage():
@@ -279,6 +285,7 @@ class ResidualModel(DownscaleModule):
             self.denoiser_cond(cond, mean),
             mask,
             generator=generator,
+            anchor=anchor,
         )
         self.log("val/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
         log_sigma_buckets(self, out, self.bucket_edges)
@@ -320,16 +327,18 @@ class ResidualModel(DownscaleModule):
         *,
         sampler: Callable | None = None,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         require(sampler is not None, "the residual model needs a sampler to generate (sampler=...)")
         b, _, h, w = cond.shape
         body = self.inference_module()
-        mean = body["regression"](cond).repeat_interleave(n_members, dim=0)
+        mean = body["regression"](cond, anchor=anchor).repeat_interleave(n_members, dim=0)
         cond_rep = cond.repeat_interleave(n_members, dim=0)
         residual = sampler(
             body["denoiser"],
             self.denoiser_cond(cond_rep, mean),
             out_channels=self.out_channels,
             generators=generators,
+            anchor=repeat_members(anchor, n_members),
         )
         return (mean + residual).view(b, n_members, self.out_channels, h, w)

@@ -33,23 +33,29 @@ from downscale.utils.errors import require
 
 
 class CountingDenoiser(torch.nn.Module):
-    """Counts network evaluations (per sample) of a wrapped denoiser."""
+    """Counts network evaluations (per sample) of a wrapped denoiser and passes it ``anchor`` (the
+    inputs' patch anchors, (B, 2)) when one is given: samplers only call ``denoiser(x, sigma,
+    cond)``."""
 
-    def __init__(self, denoiser: Callable) -> None:
+    def __init__(self, denoiser: Callable, anchor: torch.Tensor | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.kwargs = {} if anchor is None else {"anchor": anchor}
         self.calls = 0
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.denoiser(x, sigma, cond)
+        return self.denoiser(x, sigma, cond, **self.kwargs)
 
 
 @dataclass
 class SamplerRun:
-    """A sampler function with its noise schedule: ``run(denoiser, cond, out_channels, generators)``.
+    """A sampler function with its noise schedule: ``run(denoiser, cond, out_channels, generators,
+    anchor)``.
 
-    ``wrap`` optionally wraps the denoiser (e.g. tiled inference over a large domain).
+    ``wrap`` optionally wraps the denoiser (e.g. tiled inference over a large domain). ``anchor``
+    (B, 2), the (row, col) of each input's top-left corner in the whole domain, is bound to the
+    (wrapped) denoiser's calls, so nets with a learned location map see where their input lies.
     """
 
     fn: Callable
@@ -64,8 +70,9 @@ class SamplerRun:
         *,
         out_channels: int,
         generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        counted = CountingDenoiser(self.wrap(denoiser) if self.wrap else denoiser)
+        counted = CountingDenoiser(self.wrap(denoiser) if self.wrap else denoiser, anchor)
         sigmas = self.sigmas.to(cond.device, cond.dtype)
         shape = (cond.shape[0], out_channels, *cond.shape[-2:])
         x = randn_like(torch.empty(shape, device=cond.device, dtype=cond.dtype), generators)
@@ -77,7 +84,8 @@ class SamplerRun:
 @dataclass
 class OneShotRun:
     """What a one-shot model (regression, GAN) takes from the sampling config: the tiling wrapper
-    (``model.generate(..., sampler=OneShotRun(wrap))``); one network evaluation per draw."""
+    (``model.generate(..., sampler=OneShotRun(wrap))``, which the model calls with its anchors,
+    see :func:`downscale.sampling.tiling.tiled_one_shot`); one network evaluation per draw."""
 
     wrap: Callable | None = None
     nfe: int = 1
@@ -340,11 +348,11 @@ def _sample_block(
     nfe = 0
     for tslice, mslice in batch_slices(len(times), request.n_members, batch_size):
         batch = default_collate([dataset[i] for i in range(tslice.start, tslice.stop)])
-        cond = batch["cond"].to(device)
+        cond, anchor = batch["cond"].to(device), batch["anchor"].to(device)
         n = mslice.stop - mslice.start
         generators = make_generators(request.seed, batch["time"].numpy(), n, device, mslice.start)
         with torch.no_grad():
-            out = model.generate(cond, n, sampler=sampler, generators=generators)
+            out = model.generate(cond, n, sampler=sampler, generators=generators, anchor=anchor)
         nfe = max(nfe, sampler.nfe if sampler is not None else 1)
         out = out.float().cpu().numpy()
         if draws is None:

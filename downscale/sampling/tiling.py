@@ -6,14 +6,14 @@ denoiser evaluation is blended, the sampler only ever sees one consistent full-d
 (MultiDiffusion: Bar-Tal et al. 2023, "MultiDiffusion: Fusing Diffusion Paths for Controlled Image
 Generation", eq. 5, whose least-squares fusion of overlapping views is this weighted average). Tiles
 are evaluated in chunks of at most ``max_batch`` (tile, batch element) pairs, so memory is bounded
-whatever the domain size.
+whatever the domain size. Each tile is passed its own patch anchor (the input's anchor plus the tile's
+offset), so a net with a learned location map reads the map where the tile lies.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -74,18 +74,21 @@ def blend_window(
 
 
 class TiledDenoiser:
-    """Wrap ``denoiser(x, sigma, cond) -> x0_hat`` to evaluate it on overlapping tiles and blend.
+    """Wrap ``denoiser(x, sigma, cond, anchor=...) -> x0_hat`` to evaluate it on overlapping tiles
+    and blend.
 
     ``tile``: tile side in pixels (the training patch size); ``overlap``: pixels shared by
     neighbouring tiles; ``max_batch``: most tiles per denoiser call (None: all tiles of the whole
     batch at once); ``halo``: pixels at each shared tile edge given zero weight (must satisfy ``2
     halo < overlap``). ``cond`` must be ``None`` or on the same grid as ``x``: ``(B, C, H, W)``.
-    Domains no larger than a tile are passed through in one call.
+    ``anchor`` (B, 2) is the (row, col) of each input's top-left corner in the whole domain (None:
+    (0, 0)); the tile at offset (y, x) gets ``anchor + (y, x)``. Domains no larger than a tile are
+    passed through in one call, with ``anchor`` as given.
     """
 
     def __init__(
         self,
-        denoiser: Callable[[Tensor, Tensor, Any], Tensor],
+        denoiser: Callable[..., Tensor],
         tile: int,
         overlap: int,
         max_batch: int | None = None,
@@ -131,10 +134,12 @@ class TiledDenoiser:
             self._plans[key] = (th, tw, ys, xs, wy, wx, (1.0 / total).to(device, dtype))
         return self._plans[key]
 
-    def __call__(self, x: Tensor, sigma: Tensor, cond: Tensor | None) -> Tensor:
+    def __call__(
+        self, x: Tensor, sigma: Tensor, cond: Tensor | None, anchor: Tensor | None = None
+    ) -> Tensor:
         b, _, h, w = x.shape
         if h <= self.tile and w <= self.tile:
-            return self.denoiser(x, sigma, cond)
+            return self.denoiser(x, sigma, cond, anchor=anchor)
         if cond is not None and tuple(cond.shape[-2:]) != (h, w):
             raise UserError(
                 f"tiled sampling needs cond on the target grid {(h, w)}, "
@@ -142,6 +147,8 @@ class TiledDenoiser:
                 "bring the predictors to the fine grid first"
             )
         th, tw, ys, xs, wy, wx, inv_total = self._plan(h, w, x.device, x.dtype)
+        if anchor is None:
+            anchor = torch.zeros(b, 2, dtype=torch.int64, device=x.device)
         items = [(i, y, z) for i in range(b) for y in ys for z in xs]
         chunk = self.max_batch or len(items)
         out: Tensor | None = None
@@ -151,8 +158,11 @@ class TiledDenoiser:
             ct = None
             if cond is not None:
                 ct = torch.stack([cond[i, :, y : y + th, z : z + tw] for i, y, z in part])
-            st = sigma[torch.tensor([i for i, _, _ in part], device=sigma.device)]
-            x0 = self.denoiser(xt, st, ct)
+            index = [i for i, _, _ in part]
+            st = sigma[torch.tensor(index, device=sigma.device)]
+            offsets = torch.tensor([(y, z) for _, y, z in part], device=anchor.device)
+            at = anchor[torch.tensor(index, device=anchor.device)] + offsets
+            x0 = self.denoiser(xt, st, ct, anchor=at)
             if out is None:
                 out = x0.new_zeros((b, x0.shape[1], h, w))
             for k, (i, y, z) in enumerate(part):
@@ -161,16 +171,23 @@ class TiledDenoiser:
 
 
 def tiled_one_shot(
-    fn: Callable[[Tensor, Tensor], Tensor], field: Tensor, cond: Tensor, wrap: Callable | None
+    fn: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    field: Tensor,
+    cond: Tensor,
+    wrap: Callable | None,
+    anchor: Tensor | None = None,
 ) -> Tensor:
-    """``fn(field, cond)`` of a one-shot model (a regression net, a GAN generator with its noise
-    ``field``), through a denoiser wrapper such as :class:`TiledDenoiser` when ``wrap`` is given.
+    """``fn(field, cond, anchor)`` of a one-shot model (a regression net, a GAN generator with its
+    noise ``field``), through a denoiser wrapper such as :class:`TiledDenoiser` when ``wrap`` is
+    given.
 
     ``field`` (B, C, H, W) is tiled along with ``cond``; a regression net ignores its tiles (pass
-    any tensor of the target's size). The blend is the same as for a diffusion denoiser, so a net
-    with global attention runs over a large domain in bounded memory.
+    any tensor of the target's size). ``anchor`` (B, 2) or None is the inputs' patch anchors; each
+    tile gets its own. The blend is the same as for a diffusion denoiser, so a net with global
+    attention runs over a large domain in bounded memory.
     """
     if wrap is None:
-        return fn(field, cond)
+        return fn(field, cond, anchor)
     sigma = cond.new_zeros(cond.shape[0])  # unused by one-shot models
-    return wrap(lambda x, _sigma, c: fn(x, c))(field, sigma, cond)
+    tiled = wrap(lambda x, _sigma, c, anchor=None: fn(x, c, anchor))
+    return tiled(field, sigma, cond, anchor=anchor)

@@ -285,7 +285,9 @@ def test_regression_model_samples_in_tiles(ctx, tmp_path, monkeypatch):
     calls = []
     original = TiledDenoiser.__call__
     monkeypatch.setattr(
-        TiledDenoiser, "__call__", lambda self, *a: calls.append(a[0].shape) or original(self, *a)
+        TiledDenoiser,
+        "__call__",
+        lambda self, *a, **k: calls.append(a[0].shape) or original(self, *a, **k),
     )
     stores = {}
     for name, extra in {

@@ -32,11 +32,11 @@ class GaussianModel(torch.nn.Module):
         self.s = s
         self.calls = 0
 
-    def denoise(self, x, sigma, cond):
+    def denoise(self, x, sigma, cond, anchor=None):
         s2, sig2 = self.s**2, sigma.view(-1, 1, 1, 1) ** 2
         return (s2 * x + sig2 * cond[:, :1]) / (s2 + sig2)
 
-    def generate(self, cond, n_members, *, sampler, generators):
+    def generate(self, cond, n_members, *, sampler, generators, anchor=None):
         self.calls += 1
         rep = cond.repeat_interleave(n_members, 0)
         x0 = sampler(self.denoise, rep, out_channels=1, generators=generators)
@@ -306,7 +306,7 @@ def test_nan_mid_sampling_names_the_step_and_writes_nothing(tmp_path, datamodule
 class NaNGenerator(GaussianModel):
     """A model without a sampler (a GAN or regression) whose output is NaN for one day."""
 
-    def generate(self, cond, n_members, *, sampler, generators):
+    def generate(self, cond, n_members, *, sampler, generators, anchor=None):
         out = torch.zeros(cond.shape[0], n_members, 1, *cond.shape[-2:])
         out[-1] = float("nan")
         return out
@@ -327,7 +327,7 @@ class LocalModel(GaussianModel):
         super().__init__()
         self.largest = 0
 
-    def denoise(self, x, sigma, cond):
+    def denoise(self, x, sigma, cond, anchor=None):
         self.largest = max(self.largest, x.shape[0])
         mean = torch.nn.functional.avg_pool2d(cond[:, :1], 3, stride=1, padding=1)
         return super().denoise(x, sigma, torch.cat([mean, cond[:, 1:]], 1))
@@ -369,7 +369,7 @@ def test_tiled_sampling_covers_the_domain_and_equals_untiled_for_a_local_denoise
 class DivergedModel(torch.nn.Module):
     """Finite but huge scaled output, as a diverged sampler gives: overflows in physical units."""
 
-    def generate(self, cond, n_members, *, sampler, generators):
+    def generate(self, cond, n_members, *, sampler, generators, anchor=None):
         return torch.full((cond.shape[0], n_members, 1, *cond.shape[-2:]), 200.0)
 
 

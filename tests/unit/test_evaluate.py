@@ -30,7 +30,7 @@ class CoarsePlusNoise(torch.nn.Module):
     stochastic = True
     needs_sampler = False
 
-    def generate(self, cond, n_members, *, sampler, generators):
+    def generate(self, cond, n_members, *, sampler, generators, anchor=None):
         b, _, h, w = cond.shape
         noise = torch.stack([torch.randn(1, h, w, generator=g) for g in generators])
         return cond[:, None, :1] + 0.3 * noise.view(b, n_members, 1, h, w)

@@ -52,7 +52,7 @@ def test_generate_is_mean_plus_residual():
     residual = torch.randn(2 * 3, C_OUT, SIZE, SIZE)
     seen = {}
 
-    def fake_sampler(denoiser, cond_in, *, out_channels, generators):
+    def fake_sampler(denoiser, cond_in, *, out_channels, generators, anchor):
         seen["cond"], seen["denoiser"] = cond_in, denoiser
         return residual
 

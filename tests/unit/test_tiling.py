@@ -36,7 +36,7 @@ def test_window_ramps_sum_to_one_and_never_vanish_without_halo() -> None:
 
 
 def conv_denoiser(kernel: torch.Tensor):
-    def denoise(x, sigma, cond):
+    def denoise(x, sigma, cond, anchor=None):
         return F.conv2d(x + cond, kernel, padding=kernel.shape[-1] // 2) / (
             1 + sigma[:, None, None, None]
         )
@@ -71,7 +71,7 @@ def smooth_field_denoiser(seed: int, length_scale: float = 3.0):
     k2 = (k1[:, None] * k1[None, :])[None, None]
     k2 = k2 / k2.square().sum().sqrt()
 
-    def denoise(x, sigma, cond):
+    def denoise(x, sigma, cond, anchor=None):
         n, _, h, w = x.shape
         noise = torch.randn(n, 1, h + 2 * r, w + 2 * r, generator=g)
         return F.conv2d(noise, k2)
@@ -105,7 +105,7 @@ def test_no_seams_with_random_field_denoiser() -> None:
 def test_large_domain_runs_in_bounded_chunks() -> None:
     batches = []
 
-    def cheap(x, sigma, cond):
+    def cheap(x, sigma, cond, anchor=None):
         batches.append(x.shape[0])
         return 0.5 * x + cond * sigma[:, None, None, None]
 
@@ -121,7 +121,7 @@ def test_large_domain_runs_in_bounded_chunks() -> None:
 def test_small_domain_passes_through_and_cond_grid_checked() -> None:
     calls = []
 
-    def den(x, sigma, cond):
+    def den(x, sigma, cond, anchor=None):
         calls.append(x.shape)
         return x
 
@@ -141,7 +141,7 @@ def test_one_shot_model_tiled_equals_full_domain_for_a_local_operator() -> None:
     noise = torch.randn(3, 1, 48, 72, generator=g)
     cond = torch.randn(3, 1, 48, 72, generator=g)
 
-    def generator(z, c):
+    def generator(z, c, anchor=None):
         return F.conv2d(torch.cat([c, z], dim=1), kernel, padding=2)
 
     full = tiled_one_shot(generator, noise, cond, None)
