@@ -378,3 +378,41 @@ def test_overflow_in_physical_units_is_reported(tmp_path, datamodule):
         write_samples(
             DivergedModel(), datamodule, sampler(), request(tmp_path, datamodule), progress=False
         )
+
+
+class AnchorModel(GaussianModel):
+    """Records the anchors the driver gives ``generate`` and the sampler gives the denoiser."""
+
+    def __init__(self):
+        super().__init__()
+        self.given, self.seen = [], []
+
+    def denoise(self, x, sigma, cond, anchor=None):
+        self.seen.append(anchor)
+        return super().denoise(x, sigma, cond)
+
+    def generate(self, cond, n_members, *, sampler, generators, anchor=None):
+        self.given.append((cond.shape[0], anchor))
+        rep, anchor_rep = (
+            cond.repeat_interleave(n_members, 0),
+            anchor.repeat_interleave(n_members, 0),
+        )
+        x0 = sampler(self.denoise, rep, out_channels=1, generators=generators, anchor=anchor_rep)
+        return x0.view(cond.shape[0], n_members, 1, *cond.shape[-2:])
+
+
+def test_batch_anchors_reach_generate_and_every_denoiser_call(tmp_path, datamodule):
+    model = AnchorModel()
+    write_samples(model, datamodule, sampler(), request(tmp_path, datamodule), progress=False)
+    assert model.given and model.seen
+    for b, anchor in model.given:  # the whole domain: each input's top-left corner is (0, 0)
+        assert anchor.dtype == torch.int64 and anchor.tolist() == [[0, 0]] * b
+    assert all(a is not None and a.shape == (a.shape[0], 2) for a in model.seen)
+    # SamplerRun binds the anchor to every call; without one the denoiser gets no keyword
+    run, cond, anchor = sampler(), torch.zeros(2, 1, 4, 4), torch.tensor([[1, 2], [3, 4]])
+    model.seen.clear()
+    run(model.denoise, cond, out_channels=1, anchor=anchor)
+    assert len(model.seen) == run.nfe > 0 and all(a is anchor for a in model.seen)
+    model.seen.clear()
+    run(model.denoise, cond, out_channels=1)
+    assert model.seen == [None] * run.nfe

@@ -149,3 +149,37 @@ def test_one_shot_model_tiled_equals_full_domain_for_a_local_operator() -> None:
     wrap = functools.partial(TiledDenoiser, tile=24, overlap=12, max_batch=4, halo=2)
     out = tiled_one_shot(generator, noise, cond, wrap)
     torch.testing.assert_close(out[..., 2:-2, 2:-2], full[..., 2:-2, 2:-2], rtol=1e-5, atol=1e-5)
+
+
+def test_each_tile_gets_the_input_anchor_plus_its_offset() -> None:
+    """Every tile's anchor is its input's anchor (None: (0, 0)) plus the tile's (row, col) offset;
+    the tile's pixels, which encode their position, confirm it."""
+    b, h, w = 2, 16, 20
+    rows, cols = torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64)
+    position = 1000 * rows[:, None] + cols[None, :]  # pixel value = 1000 row + col
+    x = torch.stack([position + 1e6 * i for i in range(b)])[:, None]
+    seen = []
+
+    def record(xt, sigma, cond, anchor=None):
+        seen.append((xt[:, 0, 0, 0].clone(), anchor.clone()))
+        return xt
+
+    ys, xs = tile_starts(h, 8, 4), tile_starts(w, 8, 4)
+    for base in (torch.tensor([[3, 5], [10, 0]]), None):
+        seen.clear()
+        out = TiledDenoiser(record, tile=8, overlap=4, max_batch=5)(x, torch.ones(b), None, base)
+        torch.testing.assert_close(out, x)
+        corners = torch.cat([c for c, _ in seen]).long()
+        anchors = torch.cat([a for _, a in seen])
+        assert anchors.dtype == torch.int64 and len(anchors) == b * len(ys) * len(xs)
+        assert max(len(a) for _, a in seen) == 5
+        item, offset = corners // 1_000_000, corners % 1_000_000
+        offsets = torch.stack([offset // 1000, offset % 1000], dim=1)
+        expected = (torch.zeros(b, 2, dtype=torch.int64) if base is None else base)[item] + offsets
+        torch.testing.assert_close(anchors, expected)
+        assert {tuple(o) for o in offsets.tolist()} == {(y, z) for y in ys for z in xs}
+    # a domain no larger than a tile passes the anchor through unchanged
+    small = TiledDenoiser(record, tile=32, overlap=4)
+    seen.clear()
+    small(x, torch.ones(b), None, anchor=torch.tensor([[1, 2], [3, 4]]))
+    assert seen[0][1].tolist() == [[1, 2], [3, 4]]

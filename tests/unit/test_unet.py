@@ -88,6 +88,56 @@ def test_location_map_with_and_without_anchor():
         net(x, lab, cond)
 
 
+def test_location_patch_equals_the_net_fed_its_crop_of_the_map():
+    """With its anchor, a patch sees exactly its crop of the map: the output equals that of the
+    same net without a map whose conditioning carries the crop as extra channels."""
+    torch.manual_seed(0)
+    net = UNet(1, 2, 1, **TINY, location_channels=3, location_size=[16, 24]).eval()
+    perturb(net)
+    plain = UNet(1, 5, 1, **TINY).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if k != "location"})
+    anchor = torch.tensor([[0, 0], [8, 16], [3, 7]])  # corners and an odd interior offset
+    x, lab, cond = torch.randn(3, 1, 8, 8), torch.randn(3), torch.randn(3, 2, 8, 8)
+    crops = torch.stack([net.location[:, r : r + 8, c : c + 8] for r, c in anchor.tolist()])
+    torch.testing.assert_close(
+        net(x, lab, cond, anchor=anchor), plain(x, lab, torch.cat([cond, crops], 1))
+    )
+
+
+def test_tiles_read_the_location_map_at_their_anchors():
+    """A denoiser whose only input is the location map, tiled over a window of the domain,
+    reproduces the map on that window exactly: every tile reads the map at base + its offset."""
+    from downscale.sampling.tiling import TiledDenoiser
+
+    net = UNet(1, 1, 1, **TINY, location_channels=2, location_size=[40, 48])
+
+    def map_only(x, sigma, cond, anchor=None):
+        return net._location_map(x.shape[0], *x.shape[-2:], anchor).detach()
+
+    tiled = TiledDenoiser(map_only, tile=16, overlap=6, max_batch=5)
+    x = torch.zeros(2, 2, 32, 40)
+    base = torch.tensor([[0, 0], [8, 8]])
+    out = tiled(x, torch.ones(2), None, anchor=base)
+    for i, (r, c) in enumerate(base.tolist()):
+        torch.testing.assert_close(out[i], net.location.detach()[:, r : r + 32, c : c + 40])
+    # a tile as large as the domain passes the input through: the untiled evaluation
+    whole = TiledDenoiser(map_only, tile=48, overlap=6)(x, torch.ones(2), None, anchor=base)
+    torch.testing.assert_close(whole, map_only(x, None, None, anchor=base))
+
+
+def test_location_anchor_outside_the_map_is_a_user_error():
+    net = UNet(1, 2, 1, **TINY, location_channels=2, location_size=[16, 24])
+    x, lab, cond = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.randn(2, 2, 8, 8)
+    for bad in ([[0, 0], [10, 0]], [[0, 17], [0, 0]], [[-1, 0], [0, 0]]):
+        with pytest.raises(
+            UserError, match=r"outside the learned location map of 16x24.*location_size"
+        ):
+            net(x, lab, cond, anchor=torch.tensor(bad))
+    with pytest.raises(UserError, match="no patch anchor was given"):
+        net(x, lab, cond)
+    assert net(x, lab, cond, anchor=torch.tensor([[8, 16], [0, 0]])).shape == (2, 1, 8, 8)
+
+
 def test_zero_init_output_is_exactly_zero():
     net = UNet(2, 3, 2, **{**TINY, "cascade": True})
     out = net(torch.randn(2, 2, 8, 8), torch.randn(2), torch.randn(2, 3, 8, 8))
@@ -186,3 +236,11 @@ def test_compiles_without_graph_breaks():
     x, lab, cond = torch.randn(2, 1, 8, 8), torch.randn(2), torch.randn(2, 2, 8, 8)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, lab, cond), net(x, lab, cond))
+    # the anchor's bounds check is eager-only, so a location map with anchors compiles too
+    net = UNet(1, 2, 1, **TINY, location_channels=2, location_size=[16, 16]).eval()
+    perturb(net)
+    anchor = torch.tensor([[0, 8], [4, 2]])
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    torch.testing.assert_close(
+        compiled(x, lab, cond, anchor=anchor), net(x, lab, cond, anchor=anchor)
+    )
