@@ -96,7 +96,7 @@ class UNet(nn.Module):
             raise UserError("net.cascade=true needs conditioning inputs; set net.cascade=false")
         if location_channels and (location_size is None or len(location_size) != 2):
             raise UserError(
-                "net.location_channels > 0 needs net.location_size=[H, W] (the training domain "
+                "net.location_channels > 0 needs net.location_size=[H, W] (the whole, padded domain "
                 "size); set it or set net.location_channels=0"
             )
         self.out_channels = out_channels
