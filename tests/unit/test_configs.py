@@ -84,9 +84,8 @@ def _instantiate_train(cfg, group):
     for item in TINY_DATA:
         key, value = item.split("=")
         OmegaConf.update(cfg, key, value if not value.isdigit() else int(value), force_add=True)
-    if cfg.net.get("location_channels"):  # a whole-domain location map: train on the whole domain
+    if cfg.net.get("location_channels"):  # the map covers the tiny domain; patches take their crop
         cfg.net.location_size = [32, 32]
-        cfg.data.train_dataset.patch_size = 32
     cfg.trainer.accelerator = "cpu"
     cfg.trainer.precision = 32
     cfg.logger = {}
