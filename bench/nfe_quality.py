@@ -230,9 +230,7 @@ def main() -> None:
         settings += [(s, args.ref_steps, True) for s in REFERENCE]
         for name, steps, is_ref in settings:
             cfg = compose("sample", [f"sampler={name}", f"sampler.steps={steps}", *args.override])
-            run, _ = sample.scale_schedule(
-                sample.build_sampler(cfg), model, cfg.get("schedule_sigma_data")
-            )
+            run, _ = sample.scale_schedule(sample.build_sampler(cfg), model, cfg)
             request = SampleRequest(
                 out=work / f"{name}-{steps}.zarr",
                 times=times,

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
 from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
-from downscale.sampling.schedules import denoiser_sigma_data, scale_to_sigma_data
+from downscale.sampling.schedules import denoiser_sigma_data, sigma_max_scale
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
 from downscale.utils.cli import run_cli
 from downscale.utils.config import to_plain
@@ -30,8 +30,9 @@ from downscale.utils.errors import UserError, report_user_errors, require
 from downscale.utils.seeding import resolve_device
 
 
-def build_sampler(cfg: DictConfig) -> SamplerRun | None:
-    """The sampler function and its schedule from the ``sampler`` and ``schedule`` groups."""
+def build_sampler(cfg: DictConfig, sigma_max_scale: float = 1.0) -> SamplerRun | None:
+    """The sampler function and its schedule from the ``sampler`` and ``schedule`` groups, the
+    schedule's ``sigma_max`` multiplied by ``sigma_max_scale``."""
     if cfg.get("sampler") is None:
         return None
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -40,7 +41,12 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
         isinstance(steps, int) and steps >= 1,
         f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
     )
-    sigmas = instantiate(cfg.schedule)(steps)
+    schedule = instantiate(cfg.schedule)
+    if sigma_max_scale != 1.0:
+        schedule = functools.partial(
+            schedule, sigma_max=float(cfg.schedule.sigma_max) * sigma_max_scale
+        )
+    sigmas = schedule(steps)
     fn = instantiate(sampler_cfg)
     _check_arguments(fn, "sampler")
     wrap = instantiate(cfg.tiling) if cfg.get("tiling") else None
@@ -49,15 +55,22 @@ def build_sampler(cfg: DictConfig) -> SamplerRun | None:
     return SamplerRun(fn=fn, sigmas=sigmas, wrap=wrap)
 
 
-def scale_schedule(
-    sampler: SamplerRun, model: Any, reference: float | None
-) -> tuple[SamplerRun, float]:
-    """The sampler with its schedule moved to the model's ``sigma_data`` (``schedule_sigma_data``:
-    the data std the schedule is written for; :func:`scale_to_sigma_data`), and the factor."""
-    sigma_data = denoiser_sigma_data(model)
-    sigmas = scale_to_sigma_data(sampler.sigmas, sigma_data, reference)
-    scale = 1.0 if sigma_data is None or reference is None else sigma_data / reference
-    return dataclasses.replace(sampler, sigmas=sigmas), scale
+def scale_schedule(sampler: SamplerRun, model: Any, cfg: DictConfig) -> tuple[SamplerRun, float]:
+    """The sampler with its schedule's ``sigma_max`` moved to the model's ``sigma_data``
+    (``schedule_sigma_data``: the data std the schedule is written for; :func:`sigma_max_scale`),
+    and the factor."""
+    scale = sigma_max_scale(denoiser_sigma_data(model), cfg.get("schedule_sigma_data"))
+    if scale == 1.0:
+        return sampler, scale
+    sigma_max = float(cfg.schedule.sigma_max) * scale
+    require(
+        sigma_max > float(cfg.schedule.sigma_min),
+        f"the schedule's sigma_max scaled to the model's sigma_data ({sigma_max:.3g}) is not above "
+        f"schedule.sigma_min={cfg.schedule.sigma_min}; lower schedule.sigma_min or set "
+        "schedule_sigma_data=null",
+    )
+    scaled = build_sampler(cfg, scale)
+    return dataclasses.replace(sampler, sigmas=scaled.sigmas), scale
 
 
 def _check_arguments(fn: Any, group: str) -> None:
@@ -141,7 +154,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
     stepped = isinstance(sampler, SamplerRun)
     schedule_scale = 1.0
     if stepped:
-        sampler, schedule_scale = scale_schedule(sampler, model, cfg.get("schedule_sigma_data"))
+        sampler, schedule_scale = scale_schedule(sampler, model, cfg)
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from downscale.sampling.driver import SamplerRun
 from downscale.sampling.samplers import sample_euler
-from downscale.sampling.schedules import denoiser_sigma_data, scale_to_sigma_data, sigmas_karras
+from downscale.sampling.schedules import denoiser_sigma_data, sigma_max_scale, sigmas_karras
 from downscale.utils.atomic import atomic_path
 
 
@@ -62,8 +62,9 @@ class SamplePanels(L.Callback):
         n_images: fields of the batch shown (rows).
         n_members: members drawn per field (1 for deterministic models).
         steps: Euler steps of the quick sample (diffusion models), on a Karras schedule
-            ``sigma_min..sigma_max`` written for data of std ``schedule_sigma_data`` (scaled to the
-            model's ``sigma_data`` like ``downscale.sample`` does; None: as written).
+            ``sigma_min..sigma_max``, ``sigma_max`` written for data of std ``schedule_sigma_data``
+            (scaled to the model's ``sigma_data`` like ``downscale.sample`` does; None: as
+            written).
         seed: seed of the draws, so panels of successive epochs compare.
         dirname: sub-directory of the run dir.
     """
@@ -137,11 +138,8 @@ class SamplePanels(L.Callback):
         ]
         sampler = None
         if getattr(module, "needs_sampler", True):
-            sigmas = scale_to_sigma_data(
-                sigmas_karras(self.steps, self.sigma_min, self.sigma_max),
-                denoiser_sigma_data(module),
-                self.schedule_sigma_data,
-            )
+            scale = sigma_max_scale(denoiser_sigma_data(module), self.schedule_sigma_data)
+            sigmas = sigmas_karras(self.steps, self.sigma_min, self.sigma_max * scale)
             sampler = SamplerRun(fn=sample_euler, sigmas=sigmas)
         was_training = module.training
         module.eval()

@@ -18,7 +18,7 @@ from downscale.utils.errors import UserError
 
 __all__ = [
     "denoiser_sigma_data",
-    "scale_to_sigma_data",
+    "sigma_max_scale",
     "sigma_vp",
     "sigmas_exponential",
     "sigmas_karras",
@@ -156,23 +156,21 @@ def denoiser_sigma_data(model: object) -> float | None:
     return None if value is None else float(value)
 
 
-def scale_to_sigma_data(
-    sigmas: Tensor, sigma_data: float | None, reference: float | None = 0.5
-) -> Tensor:
-    """Noise levels of a schedule written for data of std ``reference``, moved to data of std
-    ``sigma_data``: ``sigmas * sigma_data / reference``.
+def sigma_max_scale(sigma_data: float | None, reference: float | None = 0.5) -> float:
+    """The factor ``sigma_data / reference`` that moves a schedule's ``sigma_max`` written for data of
+    std ``reference`` to data of std ``sigma_data`` (1 when either is None).
 
-    EDM's sigma_min 0.002 and sigma_max 80 are chosen for data of std 0.5 (Karras et al. 2022,
-    Sec. 5 and App. D.1). Diffusion is equivariant to scaling: the probability-flow ODE of ``c x``
-    at noise ``c sigma`` is that of ``x`` at ``sigma`` scaled by ``c``, so a denoiser trained on
-    data of std ``sigma_data`` (``sigma_data=auto``) sees the same relative noise levels only on
-    the scaled schedule. Unchanged when either value is None.
+    EDM's sigma_max 80 is 160x the std 0.5 it was chosen for (Karras et al. 2022, Sec. 5): the
+    start of sampling must be noise far above the data's std, a ratio, so a denoiser trained on
+    narrower data (``sigma_data=auto``) starts lower. ``sigma_min`` is not scaled: the end of
+    sampling must stay within the trained noise levels, which are absolute (``conf/noise_levels``),
+    and scaling it below them cost accuracy (docs/sampling.md, "Schedules and sigma_data").
     """
     if sigma_data is None or reference is None:
-        return sigmas
+        return 1.0
     if not float(reference) > 0:
         raise UserError(
             f"schedule_sigma_data={reference} must be positive; use 0.5 (EDM) or null to keep "
             "the schedule as written"
         )
-    return sigmas * (float(sigma_data) / float(reference))
+    return float(sigma_data) / float(reference)

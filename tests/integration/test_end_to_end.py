@@ -73,8 +73,8 @@ def test_sample_store_has_the_contracted_layout_and_units(trained):
 
 
 def test_schedule_follows_the_models_sigma_data(trained):
-    """The default schedule_sigma_data=0.5 samples with EDM's 0.002..80 times sigma_data / 0.5:
-    the same draws as that schedule written out by hand with the scaling off."""
+    """The default schedule_sigma_data=0.5 samples with sigma_max 80 x sigma_data / 0.5 (sigma_min
+    as written): the same draws as that schedule written out by hand with the scaling off."""
     root, result = trained
     config = load_checkpoint(result["last_ckpt"])["downscale"]["config"]
     sigma_data = float(config["model"]["precond"]["sigma_data"])  # auto, measured at training
@@ -89,7 +89,6 @@ def test_schedule_follows_the_models_sigma_data(trained):
     by_hand = draw(
         "by_hand",
         "schedule_sigma_data=null",
-        f"schedule.sigma_min={0.002 * scale!r}",
         f"schedule.sigma_max={80.0 * scale!r}",
     )
     raw = draw("raw", "schedule_sigma_data=null")
@@ -97,6 +96,9 @@ def test_schedule_follows_the_models_sigma_data(trained):
     assert by_hand.attrs["schedule_scale"] == raw.attrs["schedule_scale"] == 1.0
     np.testing.assert_allclose(scaled.precip.values, by_hand.precip.values, rtol=1e-4, atol=1e-4)
     assert not np.allclose(scaled.precip.values, raw.precip.values, equal_nan=True)
+    with pytest.raises(SystemExit) as exit_info:  # sigma_max x scale would fall below sigma_min
+        draw("too_low", f"schedule.sigma_min={80.0 * scale * 1.1!r}")
+    assert exit_info.value.code == 2
 
 
 def test_trained_model_beats_an_untrained_one_on_crps(trained):

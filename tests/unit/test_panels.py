@@ -62,7 +62,7 @@ def test_plot_panels_writes_png(tmp_path):
 
 
 def test_quick_samples_scale_the_schedule_to_sigma_data():
-    """Like downscale.sample: sigma_data 0.2 on a schedule written for 0.5 = the schedule x 0.4."""
+    """Like downscale.sample: sigma_data 0.2 on a schedule written for 0.5 = sigma_max x 0.4."""
     torch.manual_seed(0)
     precond = functools.partial(EDMPrecond, sigma_data=0.2)
     model = DiffusionModel(
@@ -76,7 +76,7 @@ def test_quick_samples_scale_the_schedule_to_sigma_data():
     cond = batch(b=2)["cond"]
     scaled = SamplePanels(n_members=2, steps=3).sample(model, cond)
     by_hand = SamplePanels(
-        n_members=2, steps=3, sigma_min=0.02 * 0.4, sigma_max=80.0 * 0.4, schedule_sigma_data=None
+        n_members=2, steps=3, sigma_max=80.0 * 0.4, schedule_sigma_data=None
     ).sample(model, cond)
     as_written = SamplePanels(n_members=2, steps=3, schedule_sigma_data=None).sample(model, cond)
     torch.testing.assert_close(scaled, by_hand)

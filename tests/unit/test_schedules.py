@@ -92,35 +92,12 @@ def test_configs_instantiate(name: str) -> None:
     assert cfg.sigma_min == 0.002 and cfg.sigma_max == 80.0
 
 
-@pytest.mark.parametrize("sampler", ["sample_euler", "sample_dpmpp_2m", "sample_heun"])
-def test_scaled_schedule_samples_scaled_data_exactly(sampler: str) -> None:
-    """Equivariance behind ``scale_to_sigma_data``: for data N(0, (c s)^2) with the exact denoiser
-    D(x; sigma) = x (c s)^2 / ((c s)^2 + sigma^2), the schedule scaled by c from the same unit noise
-    gives c times the samples of data N(0, s^2) on the unscaled schedule."""
-    from downscale.sampling import samplers
-
-    s, c = 0.5, 0.176
-
-    def exact(std):
-        return lambda x, sigma, cond: x * std**2 / (std**2 + sigma.view(-1, 1, 1, 1) ** 2)
-
-    fn = getattr(samplers, sampler)
-    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    base = sch.sigmas_karras(10, 0.002, 80.0)
-    scaled = sch.scale_to_sigma_data(base, c * s, reference=s)
-    torch.testing.assert_close(scaled, base * c)
-    ref = fn(exact(s), noise * base[0], base, cond=None)
-    out = fn(exact(c * s), noise * scaled[0], scaled, cond=None)
-    torch.testing.assert_close(out, ref * c, rtol=1e-4, atol=1e-6)
-
-
-def test_scale_to_sigma_data_keeps_the_schedule_without_both_values() -> None:
-    base = sch.sigmas_karras(5, 0.002, 80.0)
-    assert sch.scale_to_sigma_data(base, None) is base
-    assert sch.scale_to_sigma_data(base, 0.2, reference=None) is base
-    torch.testing.assert_close(sch.scale_to_sigma_data(base, 0.2), base * 0.4)
+def test_sigma_max_scale_is_the_ratio_of_data_stds() -> None:
+    assert sch.sigma_max_scale(0.0883) == pytest.approx(0.1766)
+    assert sch.sigma_max_scale(0.2, reference=0.2) == 1.0
+    assert sch.sigma_max_scale(None) == sch.sigma_max_scale(0.2, reference=None) == 1.0
     with pytest.raises(UserError, match="schedule_sigma_data=0"):
-        sch.scale_to_sigma_data(base, 0.2, reference=0)
+        sch.sigma_max_scale(0.2, reference=0)
 
 
 def test_denoiser_sigma_data_reads_edm_preconditioning_only() -> None:
