@@ -77,7 +77,7 @@ class SamplePanels(L.Callback):
         steps: int = 8,
         sigma_min: float = 0.02,
         sigma_max: float = 80.0,
-        schedule_sigma_data: float | None = 0.5,
+        schedule_sigma_data: float | None = None,
         seed: int = 0,
         dirname: str = "panels",
     ) -> None:

@@ -73,8 +73,9 @@ def test_sample_store_has_the_contracted_layout_and_units(trained):
 
 
 def test_schedule_follows_the_models_sigma_data(trained):
-    """The default schedule_sigma_data=0.5 samples with sigma_max 80 x sigma_data / 0.5 (sigma_min
-    as written): the same draws as that schedule written out by hand with the scaling off."""
+    """schedule_sigma_data=0.5 samples with sigma_max 80 x sigma_data / 0.5 (sigma_min as
+    written): the same draws as that schedule written out by hand with the scaling off (the
+    default)."""
     root, result = trained
     config = load_checkpoint(result["last_ckpt"])["downscale"]["config"]
     sigma_data = float(config["model"]["precond"]["sigma_data"])  # auto, measured at training
@@ -85,19 +86,15 @@ def test_schedule_follows_the_models_sigma_data(trained):
         out = sample.run(sample_cfg(root, result["run_dir"], name, "evaluate=false", *extra))
         return xr.open_zarr(out["path"], consolidated=False)
 
-    scaled = draw("scaled")
-    by_hand = draw(
-        "by_hand",
-        "schedule_sigma_data=null",
-        f"schedule.sigma_max={80.0 * scale!r}",
-    )
-    raw = draw("raw", "schedule_sigma_data=null")
+    scaled = draw("scaled", "schedule_sigma_data=0.5")
+    by_hand = draw("by_hand", f"schedule.sigma_max={80.0 * scale!r}")
+    raw = draw("raw")
     assert scaled.attrs["schedule_scale"] == pytest.approx(scale)
     assert by_hand.attrs["schedule_scale"] == raw.attrs["schedule_scale"] == 1.0
     np.testing.assert_allclose(scaled.precip.values, by_hand.precip.values, rtol=1e-4, atol=1e-4)
     assert not np.allclose(scaled.precip.values, raw.precip.values, equal_nan=True)
     with pytest.raises(SystemExit) as exit_info:  # sigma_max x scale would fall below sigma_min
-        draw("too_low", f"schedule.sigma_min={80.0 * scale * 1.1!r}")
+        draw("too_low", "schedule_sigma_data=0.5", f"schedule.sigma_min={80.0 * scale * 1.1!r}")
     assert exit_info.value.code == 2
 
 
@@ -159,6 +156,7 @@ def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):
         "sampler=euler,heun",
         "sampler.steps=2,4",
         "n_members=2",
+        "schedule_sigma_data=0.5",
         f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

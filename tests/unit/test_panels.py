@@ -74,10 +74,10 @@ def test_quick_samples_scale_the_schedule_to_sigma_data():
         optimizer=adam,
     )
     cond = batch(b=2)["cond"]
-    scaled = SamplePanels(n_members=2, steps=3).sample(model, cond)
+    scaled = SamplePanels(n_members=2, steps=3, schedule_sigma_data=0.5).sample(model, cond)
     by_hand = SamplePanels(
         n_members=2, steps=3, sigma_max=80.0 * 0.4, schedule_sigma_data=None
     ).sample(model, cond)
-    as_written = SamplePanels(n_members=2, steps=3, schedule_sigma_data=None).sample(model, cond)
+    as_written = SamplePanels(n_members=2, steps=3).sample(model, cond)  # the default
     torch.testing.assert_close(scaled, by_hand)
     assert not torch.allclose(scaled, as_written)
