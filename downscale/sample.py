@@ -30,9 +30,9 @@ from downscale.utils.errors import UserError, report_user_errors, require
 from downscale.utils.seeding import resolve_device
 
 
-def build_sampler(cfg: DictConfig, sigma_max_scale: float = 1.0) -> SamplerRun | None:
+def build_sampler(cfg: DictConfig, max_scale: float = 1.0) -> SamplerRun | None:
     """The sampler function and its schedule from the ``sampler`` and ``schedule`` groups, the
-    schedule's ``sigma_max`` multiplied by ``sigma_max_scale``."""
+    schedule's ``sigma_max`` multiplied by ``max_scale``."""
     if cfg.get("sampler") is None:
         return None
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True)
@@ -42,10 +42,8 @@ def build_sampler(cfg: DictConfig, sigma_max_scale: float = 1.0) -> SamplerRun |
         f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
     )
     schedule = instantiate(cfg.schedule)
-    if sigma_max_scale != 1.0:
-        schedule = functools.partial(
-            schedule, sigma_max=float(cfg.schedule.sigma_max) * sigma_max_scale
-        )
+    if max_scale != 1.0:
+        schedule = functools.partial(schedule, sigma_max=float(cfg.schedule.sigma_max) * max_scale)
     sigmas = schedule(steps)
     fn = instantiate(sampler_cfg)
     _check_arguments(fn, "sampler")
@@ -166,7 +164,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "checkpoint_sha256": file_sha256(ckpt_path),
             "sampler": json.dumps(to_plain(cfg.sampler)) if stepped else "none",
             "schedule": json.dumps(to_plain(cfg.schedule)) if stepped else "none",
-            "schedule_scale": schedule_scale,
+            # only when scaled: stores of the schedule as written keep their request key
+            **({"schedule_scale": schedule_scale} if schedule_scale != 1.0 else {}),
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
@@ -196,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result = launch_ranks(cfg, devices)
         if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
             return {}
-    result["schedule_scale"] = job.request.attrs["schedule_scale"]
+    result["schedule_scale"] = job.request.attrs.get("schedule_scale", 1.0)
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
     out_dir = Path(cfg.out).parent
     if cfg.get("evaluate"):
