@@ -427,12 +427,19 @@ def _sample(
     sampling = dataclasses.replace(sampling, n_members=n_members)
     overrides = _sample_overrides(suite, sampling, out, split, extra)
     timing = out.parent / "timing.json"
+    # the settings of the draw, without the paths (an output folder may move)
+    setting = [o for o in overrides if not o.startswith(("ckpt=", "out="))]
+    if timing.is_file() and out.exists():
+        info = _read_json(timing)
+        recorded = info.get("overrides", setting)  # records older than this check: reused
+        if recorded != setting:
+            sys.exit(
+                f"error: {out.parent} was drawn with {' '.join(recorded)}, not "
+                f"{' '.join(setting)}; remove it to draw it again"
+            )
+        return info
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
-    # always through the CLI: it reuses a finished store of the same request (checkpoint, sampler,
-    # schedule, seed, days) in a second and refuses one of another request (a changed setting)
     result = sample.run(cfg)
-    if timing.is_file() and result["blocks_computed"] == 0:
-        return _read_json(timing)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
     info = {
         "seconds": result["seconds"],
@@ -440,6 +447,7 @@ def _sample(
         "n_members": n_members,
         "n_days": n_days,
         "seconds_per_member_day": result["seconds"] / (n_members * n_days),
+        "overrides": setting,
     }
     _write_json(timing, info)
     return info
