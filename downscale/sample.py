@@ -30,27 +30,31 @@ from downscale.utils.errors import UserError, report_user_errors, require
 from downscale.utils.seeding import resolve_device
 
 
-def build_sampler(cfg: DictConfig, max_scale: float = 1.0) -> SamplerRun | None:
-    """The sampler function and its schedule from the ``sampler`` and ``schedule`` groups, the
-    schedule's ``sigma_max`` multiplied by ``max_scale``."""
+def build_sampler(cfg: DictConfig) -> SamplerRun | None:
+    """The sampler function and its schedule from the ``sampler`` and ``schedule`` groups."""
     if cfg.get("sampler") is None:
         return None
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True)
-    steps = sampler_cfg.pop("steps", None)
-    require(
-        isinstance(steps, int) and steps >= 1,
-        f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
-    )
-    schedule = instantiate(cfg.schedule)
-    if max_scale != 1.0:
-        schedule = functools.partial(schedule, sigma_max=float(cfg.schedule.sigma_max) * max_scale)
-    sigmas = schedule(steps)
+    sampler_cfg.pop("steps", None)
+    sigmas = build_sigmas(cfg)
     fn = instantiate(sampler_cfg)
     _check_arguments(fn, "sampler")
     wrap = instantiate(cfg.tiling) if cfg.get("tiling") else None
     if wrap is not None:
         wrap(lambda x, sigma, cond: x)  # the constructor checks tile, overlap, halo and max_batch
     return SamplerRun(fn=fn, sigmas=sigmas, wrap=wrap)
+
+
+def build_sigmas(cfg: DictConfig, sigma_max: float | None = None) -> torch.Tensor:
+    """The ``schedule`` group's noise levels for ``sampler.steps`` steps (``sigma_max`` replaces
+    the schedule's own when given)."""
+    steps = cfg.sampler.get("steps")
+    require(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+        f"sampler.steps must be an integer >= 1, got {steps}; e.g. sampler.steps=18",
+    )
+    schedule = instantiate(cfg.schedule)
+    return schedule(steps) if sigma_max is None else schedule(steps, sigma_max=sigma_max)
 
 
 def scale_schedule(sampler: SamplerRun, model: Any, cfg: DictConfig) -> tuple[SamplerRun, float]:
@@ -67,8 +71,7 @@ def scale_schedule(sampler: SamplerRun, model: Any, cfg: DictConfig) -> tuple[Sa
         f"schedule.sigma_min={cfg.schedule.sigma_min}; lower schedule.sigma_min or set "
         "schedule_sigma_data=null",
     )
-    scaled = build_sampler(cfg, scale)
-    return dataclasses.replace(sampler, sigmas=scaled.sigmas), scale
+    return dataclasses.replace(sampler, sigmas=build_sigmas(cfg, sigma_max)), scale
 
 
 def _check_arguments(fn: Any, group: str) -> None:
