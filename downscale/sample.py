@@ -269,6 +269,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         "nfe": result["nfe"],
         "seconds": result["seconds"],
         "blocks_computed": result["blocks_computed"],
+        "device": result.get("device"),
     }
     if cfg.get("sampler") is not None:
         sampler = to_plain(cfg.sampler)

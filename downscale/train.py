@@ -26,7 +26,7 @@ from downscale.utils.checkpoint import load_checkpoint
 from downscale.utils.cli import run_cli
 from downscale.utils.config import instantiate_user, to_plain
 from downscale.utils.errors import UserError, report_user_errors, require
-from downscale.utils.seeding import check_accelerator, check_trainer_types
+from downscale.utils.seeding import check_accelerator, check_trainer_types, device_label
 
 CONFIG_KEYS_SAVED = ("data", "model", "net", "seed")
 
@@ -199,7 +199,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def write_summary(run_dir: Path, summary: dict[str, Any], trainer: L.Trainer) -> None:
     """Model size and throughput: ``<run_dir>/summary.json`` and the W&B run summary."""
-    summary = {**summary, "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    summary = {
+        **summary,
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "device": device_label(trainer.strategy.root_device),
+        "devices": trainer.world_size,
+        "precision": str(trainer.precision),
+    }
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     for logger in trainer.loggers:
         experiment = getattr(logger, "experiment", None)
@@ -209,9 +216,8 @@ def write_summary(run_dir: Path, summary: dict[str, Any], trainer: L.Trainer) ->
 
 def _finish_wandb() -> None:
     """Close the W&B run even on failure so that multirun jobs never share a run."""
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: no W&B logger, no run to close
+    if wandb is not None and wandb.run is not None:
         wandb.finish()
 
 

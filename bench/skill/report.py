@@ -24,6 +24,7 @@ COLUMNS = (
 )
 GOALS = {
     "iberia": {"crps": 0.80},
+    "iberia_gpu": {"crps": 0.80},
     "radar": {"crps": 0.060, "ralsd": 2.0},
 }
 
@@ -48,6 +49,19 @@ def _table(methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str
         label = f"{name} *(ablation)*" if name in ablations else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the models' wall times were measured, when their records say (one line per device)."""
+    devices: dict[str, list[str]] = {}
+    for name, row in methods.items():
+        for key, what in (("train_device", "trained"), ("sample_device", "sampled")):
+            if row.get(key):
+                devices.setdefault(f"{what} on {row[key]}", []).append(name)
+    if not devices:
+        return []
+    lines = [f"- {where}: {', '.join(names)}" for where, names in devices.items()]
+    return ["Wall times of the models:", "", *lines, ""]
 
 
 def _anchors(suite: dict[str, Any]) -> list[str]:
@@ -136,6 +150,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             "",
             *_table(scores["methods"], suite.get("ablations", [])),
             "",
+            *_hardware(scores["methods"]),
         ]
         if suite.get("ablations"):
             lines += [

@@ -30,6 +30,7 @@ from downscale import __version__
 from downscale.sampling.samplers import randn_like
 from downscale.utils.atomic import replace
 from downscale.utils.errors import require
+from downscale.utils.seeding import device_label
 
 
 class CountingDenoiser(torch.nn.Module):
@@ -266,7 +267,8 @@ def write_samples(
 ) -> dict[str, Any]:
     """Sample ``request.times`` into ``request.out`` block by block; skip blocks already done.
 
-    Returns ``{"path", "nfe", "seconds", "blocks_computed"}`` (blocks summed over ranks). The store
+    Returns ``{"path", "nfe", "seconds", "blocks_computed", "device"}`` (blocks summed over ranks;
+    ``device`` names the hardware, None when the store was complete already). The store
     appears at ``request.out`` only when complete (it is built as ``<out>.partial`` and renamed).
     ``ranks`` defaults to the ``torch.distributed`` process group when one is initialised; every
     rank must call this with the same request.
@@ -287,6 +289,7 @@ def write_samples(
             "nfe": existing.get("nfe"),
             "seconds": 0.0,
             "blocks_computed": 0,
+            "device": None,  # drawn earlier, on hardware this call does not know
         }
     device = torch.device(device)
     model = model.to(device).eval()
@@ -320,7 +323,13 @@ def write_samples(
         replace(partial, request.out)
         shutil.rmtree(blocks, ignore_errors=True)
     ranks.barrier()  # no rank returns before the store is complete
-    return {"path": request.out, "nfe": nfe, "seconds": seconds, "blocks_computed": computed}
+    return {
+        "path": request.out,
+        "nfe": nfe,
+        "seconds": seconds,
+        "blocks_computed": computed,
+        "device": device_label(device),
+    }
 
 
 def _block_times(request: SampleRequest, b: int) -> np.ndarray:

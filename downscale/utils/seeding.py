@@ -21,6 +21,14 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def device_label(device: torch.device | str) -> str:
+    """The hardware a run used, for timing records: the GPU's name, or ``cpu (N threads)``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def check_accelerator(accelerator: str, precision: str | int) -> None:
     """Refuse GPU-only trainer settings on a machine without a GPU, with the fix."""
     gpu = str(accelerator) in {"gpu", "cuda"}

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from downscale import evaluate, sample
@@ -133,6 +134,7 @@ def test_rerun_with_the_same_out_skips_finished_work(trained):
     first = sample.run(cfg)
     again = sample.run(cfg)
     assert first["blocks_computed"] > 0 and again["blocks_computed"] == 0
+    assert first["device"] == f"cpu ({torch.get_num_threads()} threads)" and again["device"] is None
 
 
 def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):

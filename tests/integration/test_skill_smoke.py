@@ -28,7 +28,7 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     base = skill.SUITES["iberia"]
     suite = dataclasses.replace(
         base,
-        models={"edm": "iberia_edm"},
+        models={"edm": "iberia_edm optimizer.lr=5e-4"},  # an experiment and its own overrides
         samplings=(skill.Sampling("EDM euler 2", "edm", euler, 2),),
         baselines={
             k: v for k, v in base.baselines.items() if k.startswith(("bilinear", "analogs"))
@@ -54,6 +54,9 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     assert bilinear["crps"] == pytest.approx(bilinear["mae_ensmean"], rel=1e-6)
     edm = methods["EDM euler 2"]
     assert edm["n_members"] == 2 and edm["nfe"] == 2 and edm["train_seconds"] > 0
+    assert edm["train_device"].startswith("cpu (") and edm["sample_device"].startswith("cpu (")
+    hparams = (tmp_path / "skill" / "iberia" / "train" / "edm" / "hparams.yaml").read_text()
+    assert "lr: 0.0005" in hparams
     assert all(math.isfinite(edm[k]) for k in ("crps", "ralsd", "spread_skill", "q99"))
     samples = xr.open_zarr(
         tmp_path / "skill" / "iberia" / "samples" / "edm_euler_2" / "samples.zarr",
@@ -65,6 +68,8 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     assert gcm["E-OBS (observed)"]["spectral_rms_db"] == pytest.approx(0.0, abs=1e-9)
     text = (tmp_path / "results.md").read_text()
     assert "| EDM euler 2 |" in text and data["commit"] in text
+    assert "experiment=iberia_edm optimizer.lr=5e-4" in text
+    assert f"- trained on {edm['train_device']}: EDM euler 2" in text
 
     # a rerun reuses every finished store; a changed setting under the same name is refused
     timing = tmp_path / "skill" / "iberia" / "samples" / "edm_euler_2" / "timing.json"

@@ -104,7 +104,12 @@ def test_lr_schedule_is_logged_and_summary_written(tmp_path, cache_dir):
     lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
     assert lrs[0] == pytest.approx(2e-4) and lrs[-1] < lrs[0]  # cosine decays over 2 steps
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary == result["summary"] | {"epochs": 1, "global_step": 2}
+    hardware = {
+        "device": f"cpu ({torch.get_num_threads()} threads)",
+        "devices": 1,
+        "precision": "32-true",
+    }
+    assert summary == result["summary"] | {"epochs": 1, "global_step": 2} | hardware
     assert summary["train_steps"] == 2 and summary["steps_per_s"] > 0
     assert (tmp_path / "panels" / "epoch_0000.png").stat().st_size > 1000
     assert {p.name for p in (tmp_path / "checkpoints").iterdir()} >= {"best.ckpt", "last.ckpt"}
