@@ -246,20 +246,31 @@ SUITES: dict[str, Suite] = {
             "residual_small": "iberia_residual_gpu",
             "residual_small_lr2e-4": "iberia_residual_gpu optimizer.lr=2e-4",
             "residual_tiny": "iberia_residual_gpu_tiny",
+            # the CPU setting (iberia_residual) on the GPU: bf16-mixed, otherwise unchanged
+            "residual_cpu_setting": "iberia_residual trainer=gpu",
         },
-        samplings=tuple(
+        samplings=(
             Sampling(
-                f"residual EDM {label}, dpmpp_2m 10 (10 NFE), {members} members",
-                model,
+                "residual EDM CPU setting (net=tiny, 100 epochs) on the GPU, dpmpp_2m 10 (10 NFE), "
+                "16 members",
+                "residual_cpu_setting",
                 ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
-                members,
-            )
-            for members in (16, 32)
-            for model, label in (
-                ("residual_small", "net=small"),
-                ("residual_small_lr2e-4", "net=small lr 2e-4"),
-                ("residual_tiny", "net=tiny x4 epochs"),
-            )
+                16,
+            ),
+            *(
+                Sampling(
+                    f"residual EDM {label}, dpmpp_2m 10 (10 NFE), {members} members",
+                    model,
+                    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+                    members,
+                )
+                for members in (16, 32)
+                for model, label in (
+                    ("residual_small", "net=small"),
+                    ("residual_small_lr2e-4", "net=small lr 2e-4"),
+                    ("residual_tiny", "net=tiny x4 epochs"),
+                )
+            ),
         ),
         baselines=_IBERIA_BASELINES,
         domain=_IBERIA_DOMAIN,

@@ -99,6 +99,10 @@ class ResidualModel(DownscaleModule):
         measure_sigma_data: replace the precond's (provisional) ``sigma_data`` by the std of the
             residual ``y - mu`` over the training data once the regression is trained (set by
             ``downscale.train`` for ``model.precond.sigma_data=auto``).
+        regression_keep_best: the residual stage starts from the regression's (EMA) weights of the
+            regression-stage validation with the lowest ``val/regression_loss``, not from its last
+            epoch. An overfitted regression leaves training residuals smaller than held-out ones,
+            and the residual EDM learns that too-narrow distribution (docs/models.md).
     """
 
     #: ``sigma_data=auto`` means the residual's std, which only this model can measure
@@ -117,6 +121,7 @@ class ResidualModel(DownscaleModule):
         mean_conditioning: bool = True,
         regression_trained: bool = False,
         measure_sigma_data: bool = False,
+        regression_keep_best: bool = True,
         variable_weights: Sequence[float] | None = None,
         val_seed: int = 1234,
         net_overrides: Mapping[str, Any] | None = None,
@@ -153,6 +158,11 @@ class ResidualModel(DownscaleModule):
         self.measure_sigma_data = bool(measure_sigma_data)
         self.measured_sigma_data: float | None = None
         self.regression_epochs = 0 if (regression_ckpt or regression_trained) else regression_epochs
+        self.regression_keep_best = bool(regression_keep_best)
+        # the best regression-stage validation so far: {"epoch", "loss", "state"} (state dropped
+        # once the residual stage has started from it)
+        self.best_regression: dict[str, Any] | None = None
+        self._val_regression: list[tuple[torch.Tensor, int]] = []
         # two stages: the denoiser gets no gradient in the first, the regression none in the second
         self.ddp_find_unused_parameters = self.regression_epochs > 0
         if regression_ckpt:
@@ -208,11 +218,12 @@ class ResidualModel(DownscaleModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        """Entering the residual stage: the regression takes its EMA weights and is frozen, and a
-        pending ``sigma_data`` is measured on the residual."""
+        """Entering the residual stage: the regression takes its chosen weights (the best
+        validation's, else the last EMA weights) and is frozen, and a pending ``sigma_data`` is
+        measured on the residual."""
         if self.regression_epochs and self.current_epoch >= self.regression_epochs:
-            if self.current_epoch == self.regression_epochs and getattr(self, "ema", None):
-                self.regression.load_state_dict(self.ema.module["regression"].state_dict())
+            if self.current_epoch == self.regression_epochs:
+                self._start_from_chosen_regression()
             self.regression.requires_grad_(False)
         if (
             self.measure_sigma_data
@@ -227,6 +238,49 @@ class ResidualModel(DownscaleModule):
                 f"sigma_data=auto: {self.measured_sigma_data} (std of target - regression mean "
                 "over the training data)"
             )
+
+    def _start_from_chosen_regression(self) -> None:
+        ema = getattr(self, "ema", None)
+        best = self.best_regression
+        if best is not None and "state" in best:
+            state = best["state"]
+            rank_zero_info(
+                f"residual stage: the regression of epoch {best['epoch']} (best "
+                f"val/regression_loss {best['loss']:.4g}) is kept"
+            )
+        elif ema is not None:
+            state = ema.module["regression"].state_dict()
+        else:
+            return
+        self.regression.load_state_dict(state)
+        if ema is not None:  # the EMA copy is what validates and samples
+            ema.module["regression"].load_state_dict(state)
+        if best is not None:
+            self.best_regression = {k: v for k, v in best.items() if k != "state"}
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_regression = []
+
+    def on_validation_epoch_end(self) -> None:
+        """In the regression stage: remember the weights of the best validation so far."""
+        if (
+            not self.regression_keep_best
+            or not self.in_regression_stage()
+            or not self._val_regression
+            or self.trainer.sanity_checking
+        ):
+            return
+        total = torch.stack([loss * n for loss, n in self._val_regression]).sum()
+        count = torch.tensor(float(sum(n for _, n in self._val_regression)), device=total.device)
+        reduce = self.trainer.strategy.reduce
+        loss = float(reduce(total, reduce_op="sum") / reduce(count, reduce_op="sum"))
+        if self.best_regression is None or loss < self.best_regression["loss"]:
+            state = self.inference_module()["regression"].state_dict()
+            self.best_regression = {
+                "epoch": int(self.current_epoch),
+                "loss": loss,
+                "state": {k: v.detach().cpu().clone() for k, v in state.items()},
+            }
 
     def set_sigma_data(self, value: float) -> None:
         """Use ``value`` as the residual's ``sigma_data`` in the preconditioning (live and EMA
@@ -275,6 +329,7 @@ class ResidualModel(DownscaleModule):
         reg_loss = self.pixel_loss(mean, target, mask)
         self.log("val/regression_loss", reg_loss, batch_size=n, sync_dist=True)
         if self.in_regression_stage():
+            self._val_regression.append((reg_loss.detach().float(), n))
             # val/loss ranks checkpoints; a regression-stage model must never be the best one
             self.log("val/loss", float("inf"), prog_bar=True, batch_size=n, sync_dist=True)
             return
@@ -292,7 +347,11 @@ class ResidualModel(DownscaleModule):
 
     def run_summary(self) -> dict[str, float | int | str]:
         """The base summary and the residual denoiser's ``sigma_data`` (measured or set)."""
-        return {**super().run_summary(), "sigma_data": self.denoiser.sigma_data}
+        summary = {**super().run_summary(), "sigma_data": self.denoiser.sigma_data}
+        if self.best_regression is not None:
+            summary["regression_best_epoch"] = self.best_regression["epoch"]
+            summary["regression_best_val_loss"] = self.best_regression["loss"]
+        return summary
 
     # --- checkpoints and sampling --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -311,13 +370,17 @@ class ResidualModel(DownscaleModule):
             checkpoint["downscale"]["config"] = config
         if self.measured_sigma_data is not None:
             checkpoint["downscale"]["residual_sigma_data"] = self.measured_sigma_data
+        if self.best_regression is not None:
+            checkpoint["downscale"]["best_regression"] = self.best_regression
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run keeps the ``sigma_data`` it measured (not re-measured mid-training)."""
+        """A resumed run keeps the ``sigma_data`` it measured (not re-measured mid-training) and
+        the best regression-stage validation it has seen."""
         super().on_load_checkpoint(checkpoint)
         value = checkpoint.get("downscale", {}).get("residual_sigma_data")
         if value is not None and self.measure_sigma_data:
             self.set_sigma_data(value)
+        self.best_regression = checkpoint.get("downscale", {}).get("best_regression")
 
     @torch.no_grad()
     def generate(

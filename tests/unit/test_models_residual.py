@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -188,3 +191,65 @@ def test_measured_sigma_data_reaches_denoisers_loss_and_checkpoints():
     assert fixed.measured_sigma_data is None and fixed.denoiser.sigma_data == 0.5
     with pytest.raises(UserError, match="no spread"):
         model.set_sigma_data(0.0)
+
+
+class _SpoilRegression(L.Callback):
+    """Records the validated regression weights per epoch; ruins them after epoch ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.seen = at, {}
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        state = module.inference_module()["regression"].state_dict()
+        self.seen[trainer.current_epoch] = {k: v.clone() for k, v in state.items()}
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch == self.at:
+            with torch.no_grad():
+                for body in (module.body, module.ema.module):
+                    for p in body["regression"].parameters():
+                        p.add_(1.0)
+
+
+def _fit(model, callback, max_epochs):
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[callback],
+    )
+    batches = [batch(b=2, seed=s) for s in range(2)]
+    loader = functools.partial(torch.utils.data.DataLoader, batch_size=None)
+    trainer.fit(model, train_dataloaders=loader(batches), val_dataloaders=loader(batches[:1]))
+    return trainer
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_residual_stage_starts_from_the_best_regression_validation(keep_best):
+    model = make(regression_epochs=3, regression_keep_best=keep_best)
+    spoil = _SpoilRegression(at=0)  # epochs 1 and 2 validate far worse than epoch 0
+    _fit(model, spoil, max_epochs=4)
+    chosen = spoil.seen[0] if keep_best else spoil.seen[2]
+    for body in (model.body, model.ema.module):
+        for key, value in body["regression"].state_dict().items():
+            torch.testing.assert_close(value, chosen[key])
+    if keep_best:
+        assert model.best_regression["epoch"] == 0 and "state" not in model.best_regression
+        assert model.run_summary()["regression_best_epoch"] == 0
+    else:
+        assert model.best_regression is None
+
+
+def test_best_regression_survives_a_checkpoint():
+    model = make(regression_epochs=3)
+    model.best_regression = {"epoch": 1, "loss": 0.5, "state": {"w": torch.ones(2)}}
+    model.run_info = {"config": {}}
+    ckpt = {}
+    model.on_save_checkpoint(ckpt)
+    resumed = make(regression_epochs=3)
+    resumed.on_load_checkpoint(ckpt)
+    assert resumed.best_regression["epoch"] == 1 and resumed.best_regression["loss"] == 0.5
+    torch.testing.assert_close(resumed.best_regression["state"]["w"], torch.ones(2))
