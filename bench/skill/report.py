@@ -53,14 +53,18 @@ def _table(methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str
 
 def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
     """Where the models' wall times were measured, when their records say (one line per device)."""
+    models = [name for name, row in methods.items() if row.get("kind") == "model"]
     devices: dict[str, list[str]] = {}
-    for name, row in methods.items():
+    for name in models:
         for key, what in (("train_device", "trained"), ("sample_device", "sampled")):
-            if row.get(key):
-                devices.setdefault(f"{what} on {row[key]}", []).append(name)
+            if methods[name].get(key):
+                devices.setdefault(f"{what} on {methods[name][key]}", []).append(name)
     if not devices:
         return []
-    lines = [f"- {where}: {', '.join(names)}" for where, names in devices.items()]
+    lines = [
+        f"- {where}: {'every model row' if names == models else ', '.join(names)}"
+        for where, names in devices.items()
+    ]
     return ["Wall times of the models:", "", *lines, ""]
 
 
@@ -150,6 +154,7 @@ def write_results(data: dict[str, Any], path: Path) -> None:
             "",
             *_table(scores["methods"], suite.get("ablations", [])),
             "",
+            *([suite["note"], ""] if suite.get("note") else []),
             *_hardware(scores["methods"]),
         ]
         if suite.get("ablations"):

@@ -69,7 +69,7 @@ def test_skill_pipeline_runs_on_iberia(tmp_path, monkeypatch):
     text = (tmp_path / "results.md").read_text()
     assert "| EDM euler 2 |" in text and data["commit"] in text
     assert "experiment=iberia_edm optimizer.lr=5e-4" in text
-    assert f"- trained on {edm['train_device']}: EDM euler 2" in text
+    assert f"- trained on {edm['train_device']}: every model row" in text
 
     # a rerun reuses every finished store; a changed setting under the same name is refused
     timing = tmp_path / "skill" / "iberia" / "samples" / "edm_euler_2" / "timing.json"
