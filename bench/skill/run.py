@@ -302,6 +302,7 @@ SUITES: dict[str, Suite] = {
             "edm": "radar_edm_ref",  # sigma_data 0.5 (REFERENCE), as recorded
             "edm_auto": "radar_edm",  # sigma_data measured from the data
             "regression": "radar_regression",
+            "residual": "radar_residual",
         },
         samplings=(
             # tiled like the EDM: the net's whole-crop attention would need a 34 GB matrix
@@ -329,6 +330,19 @@ SUITES: dict[str, Suite] = {
             Sampling(
                 "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
                 "edm_auto",
+                (
+                    "sampler=dpmpp_2m",
+                    "sampler.steps=10",
+                    "tiling=default",
+                    "tiling.tile=64",
+                    "tiling.overlap=16",
+                ),
+                4,
+            ),
+            # the regression mean is tiled like the residual's denoiser
+            Sampling(
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
+                "residual",
                 (
                     "sampler=dpmpp_2m",
                     "sampler.steps=10",

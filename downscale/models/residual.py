@@ -22,6 +22,7 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
 from downscale.models.regression import RegressionNet
+from downscale.sampling.tiling import tiled_one_shot
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
 
@@ -395,7 +396,14 @@ class ResidualModel(DownscaleModule):
         require(sampler is not None, "the residual model needs a sampler to generate (sampler=...)")
         b, _, h, w = cond.shape
         body = self.inference_module()
-        mean = body["regression"](cond, anchor=anchor).repeat_interleave(n_members, dim=0)
+        # the mean through the sampler's wrapper too (tiling=...): a large domain stays in tiles
+        mean = tiled_one_shot(
+            lambda _field, c, a: body["regression"](c, anchor=a),
+            cond.new_zeros(b, self.out_channels, h, w),
+            cond,
+            getattr(sampler, "wrap", None),
+            anchor,
+        ).repeat_interleave(n_members, dim=0)
         cond_rep = cond.repeat_interleave(n_members, dim=0)
         residual = sampler(
             body["denoiser"],

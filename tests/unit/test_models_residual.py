@@ -11,6 +11,7 @@ import torch
 
 from downscale.models.regression import RegressionModel
 from downscale.models.residual import ResidualModel, residual_std
+from downscale.sampling.tiling import TiledDenoiser, tiled_one_shot
 from downscale.utils.errors import UserError
 from tests.conftest import compose_config
 from tests.unit.models_helpers import (
@@ -68,6 +69,29 @@ def test_generate_is_mean_plus_residual():
     # the residual denoiser is conditioned on the predictors and the mean
     assert seen["denoiser"] is model.denoiser
     torch.testing.assert_close(seen["cond"][:, C_COND:], mean.repeat_interleave(3, 0))
+
+
+def test_the_regression_mean_is_tiled_with_the_samplers_wrapper():
+    model = make().eval()
+    model.ema = None
+    _perturb(model.body)
+    cond = batch(b=1)["cond"]
+    seen = []
+    model.regression.net.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-2:]))
+    wrap = functools.partial(TiledDenoiser, tile=SIZE // 2, overlap=4)
+
+    def zero_residual(denoiser, cond_in, *, out_channels, generators, anchor):
+        return cond_in.new_zeros(cond_in.shape[0], out_channels, SIZE, SIZE)
+
+    zero_residual.wrap = wrap
+    out = model.generate(cond, 2, sampler=zero_residual, generators=None)
+    assert seen and {tuple(s) for s in seen} == {(SIZE // 2, SIZE // 2)}  # tiles, not the field
+    seen.clear()
+    field = cond.new_zeros(1, C_OUT, SIZE, SIZE)
+    expected = tiled_one_shot(lambda _f, c, a: model.regression(c, anchor=a), field, cond, wrap)
+    torch.testing.assert_close(out, expected[:, None].expand(1, 2, C_OUT, SIZE, SIZE))
+    untiled = model.regression(cond)
+    assert not torch.allclose(expected, untiled)  # the tiles change the result: tiling was used
 
 
 def test_stages_train_regression_then_residual():
