@@ -482,6 +482,8 @@ def stage_train(suite: Suite, only: str | None, force: bool) -> None:
 def _sample_overrides(
     suite: Suite, sampling: Sampling, out: Path, split: str, extra: Sequence[str] = ()
 ) -> list[str]:
+    # the bench's store, not the path a checkpoint recorded (outputs may have moved since training)
+    store = () if any(o.startswith("data.store=") for o in extra) else (_store_override(suite),)
     # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
     return [
         f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
@@ -491,8 +493,17 @@ def _sample_overrides(
         "evaluate=false",
         "batch_size=64",
         f"out={out}",
+        *store,
         *extra,
     ]
+
+
+def _store_override(suite: Suite) -> str:
+    return f"data.store={OUT / 'stores' / suite.store}"
+
+
+# overrides that name paths: not part of a draw's recorded setting
+_PATHS = ("ckpt=", "out=", "data.store=")
 
 
 def _sample(
@@ -504,7 +515,7 @@ def _sample(
     overrides = _sample_overrides(suite, sampling, out, split, extra)
     timing = out.parent / "timing.json"
     # the settings of the draw, without the paths (an output folder may move)
-    setting = [o for o in overrides if not o.startswith(("ckpt=", "out="))]
+    setting = [o for o in overrides if not o.startswith(_PATHS)]
     if timing.is_file() and out.exists():
         info = _read_json(timing)
         recorded = info.get("overrides", setting)  # records older than this check: reused
