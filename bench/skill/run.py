@@ -483,7 +483,8 @@ def _sample_overrides(
     suite: Suite, sampling: Sampling, out: Path, split: str, extra: Sequence[str] = ()
 ) -> list[str]:
     # the bench's store, not the path a checkpoint recorded (outputs may have moved since training)
-    store = () if any(o.startswith("data.store=") for o in extra) else (_store_override(suite),)
+    given = any(o.startswith("data.store=") for o in extra)
+    store = () if given else (f"data.store={OUT / 'stores' / suite.store}",)
     # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
     return [
         f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
@@ -496,10 +497,6 @@ def _sample_overrides(
         *store,
         *extra,
     ]
-
-
-def _store_override(suite: Suite) -> str:
-    return f"data.store={OUT / 'stores' / suite.store}"
 
 
 # overrides that name paths: not part of a draw's recorded setting

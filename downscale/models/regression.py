@@ -25,6 +25,19 @@ class RegressionNet(nn.Module):
     def forward(self, cond: torch.Tensor, **net_kwargs: Any) -> torch.Tensor:
         return self.net(None, None, cond, **net_kwargs).to(torch.float32)
 
+    def predict(
+        self,
+        cond: torch.Tensor,
+        out_channels: int,
+        wrap: Callable | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, C, H, W) prediction, through a denoiser wrapper such as tiling when ``wrap`` is
+        given (:func:`~downscale.sampling.tiling.tiled_one_shot`); ``anchor``: the inputs' patch
+        anchors (B, 2)."""
+        field = cond.new_zeros(cond.shape[0], out_channels, *cond.shape[-2:])
+        return tiled_one_shot(lambda _field, c, a: self(c, anchor=a), field, cond, wrap, anchor)
+
 
 class RegressionModel(DownscaleModule):
     """The conditional mean (MSE) or median (MAE) of the target given the predictors.
@@ -104,13 +117,7 @@ class RegressionModel(DownscaleModule):
             n_members == 1,
             f"the regression model is deterministic: n_members={n_members} must be 1; use n_members=1",
         )
-        net = self.inference_module()
-        shape = (cond.shape[0], self.out_channels, *cond.shape[-2:])
-        out = tiled_one_shot(
-            lambda _field, c, a: net(c, anchor=a),
-            cond.new_zeros(shape),
-            cond,
-            getattr(sampler, "wrap", None),
-            anchor,
+        out = self.inference_module().predict(
+            cond, self.out_channels, getattr(sampler, "wrap", None), anchor
         )
         return out[:, None]

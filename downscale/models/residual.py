@@ -22,7 +22,6 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
 from downscale.models.regression import RegressionNet
-from downscale.sampling.tiling import tiled_one_shot
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
 
@@ -397,13 +396,11 @@ class ResidualModel(DownscaleModule):
         b, _, h, w = cond.shape
         body = self.inference_module()
         # the mean through the sampler's wrapper too (tiling=...): a large domain stays in tiles
-        mean = tiled_one_shot(
-            lambda _field, c, a: body["regression"](c, anchor=a),
-            cond.new_zeros(b, self.out_channels, h, w),
-            cond,
-            getattr(sampler, "wrap", None),
-            anchor,
-        ).repeat_interleave(n_members, dim=0)
+        mean = (
+            body["regression"]
+            .predict(cond, self.out_channels, getattr(sampler, "wrap", None), anchor)
+            .repeat_interleave(n_members, dim=0)
+        )
         cond_rep = cond.repeat_interleave(n_members, dim=0)
         residual = sampler(
             body["denoiser"],
