@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
+from downscale.sampling.constraints import METHODS, Conservation
 from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
 from downscale.sampling.schedules import denoiser_sigma_data, sigma_max_scale
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
@@ -110,6 +111,7 @@ class SampleJob:
     datamodule: Any
     sampler: SamplerRun | None
     request: SampleRequest
+    constraint: Conservation | None = None
 
 
 def check_options(cfg: DictConfig) -> SamplerRun | None:
@@ -128,6 +130,11 @@ def check_options(cfg: DictConfig) -> SamplerRun | None:
         ),
         f"schedule_sigma_data must be a positive number or null, got {reference!r}; "
         "e.g. schedule_sigma_data=0.5 (EDM's schedules) or null (the schedule as written)",
+    )
+    conserve = cfg.get("conserve")
+    require(
+        conserve is None or conserve in METHODS,
+        f"conserve={conserve} is unknown; use one of {', '.join(METHODS)} or null",
     )
     return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
 
@@ -156,6 +163,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
     schedule_scale = 1.0
     if stepped:
         sampler, schedule_scale = scale_schedule(sampler, model, cfg)
+    conserve = cfg.get("conserve")
+    constraint = Conservation(datamodule, conserve) if conserve else None
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -169,6 +178,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "schedule": json.dumps(to_plain(cfg.schedule)) if stepped else "none",
             # only when scaled: stores of the schedule as written keep their request key
             **({"schedule_scale": schedule_scale} if schedule_scale != 1.0 else {}),
+            # only when set: unconstrained stores keep their request key
+            **({"conserve": conserve} if conserve else {}),
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
@@ -177,7 +188,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
             "model": type(model).__name__,
         },
     )
-    return SampleJob(ckpt_path, model, datamodule, sampler, request)
+    return SampleJob(ckpt_path, model, datamodule, sampler, request, constraint)
 
 
 @report_user_errors
@@ -193,6 +204,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             job.request,
             batch_size=int(cfg.batch_size),
             device=resolve_device(cfg.device),
+            constraint=job.constraint,
         )
     else:
         result = launch_ranks(cfg, devices)
@@ -257,6 +269,7 @@ def _sample_on_rank(fabric: Any, cfg: DictConfig) -> dict[str, Any]:
             batch_size=int(cfg.batch_size),
             device=fabric.device,
             ranks=Ranks(fabric.global_rank, fabric.world_size),
+            constraint=job.constraint,
         )
     except UserError as exc:
         raise RuntimeError(_USER_ERROR + " ".join(str(exc).split())) from None
@@ -281,6 +294,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         schedule.pop("_partial_", None)
         row.update({f"schedule.{k}": v for k, v in schedule.items()})
         row["schedule.scale"] = result.get("schedule_scale", 1.0)
+    row["conserve"] = cfg.get("conserve")
     row.update(result.get("metrics") or {})
     return row
 

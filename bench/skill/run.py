@@ -352,6 +352,45 @@ SUITES: dict[str, Suite] = {
                 ),
                 4,
             ),
+            # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
+            # the target's block mean; docs/sampling.md, "Conservation")
+            Sampling(
+                "regression UNet (64 px tiles), conserved",
+                "regression",
+                (
+                    "tiling=default",
+                    "tiling.tile=64",
+                    "tiling.overlap=16",
+                    "conserve=multiplicative",
+                ),
+                1,
+            ),
+            Sampling(
+                "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members, conserved",
+                "edm_auto",
+                (
+                    "sampler=dpmpp_2m",
+                    "sampler.steps=10",
+                    "tiling=default",
+                    "tiling.tile=64",
+                    "tiling.overlap=16",
+                    "conserve=multiplicative",
+                ),
+                4,
+            ),
+            Sampling(
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members, conserved",
+                "residual",
+                (
+                    "sampler=dpmpp_2m",
+                    "sampler.steps=10",
+                    "tiling=default",
+                    "tiling.tile=64",
+                    "tiling.overlap=16",
+                    "conserve=multiplicative",
+                ),
+                4,
+            ),
         ),
         baselines={
             "nearest": {"_target_": f"{_B}.nearest_baseline"},

@@ -264,8 +264,12 @@ def write_samples(
     device: torch.device | str = "cpu",
     progress: bool = True,
     ranks: Ranks | None = None,
+    constraint: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Sample ``request.times`` into ``request.out`` block by block; skip blocks already done.
+
+    ``constraint(name, physical (T, M, H, W), store time indices)`` post-processes each block in
+    physical units before it is written (:class:`downscale.sampling.constraints.Conservation`).
 
     Returns ``{"path", "nfe", "seconds", "blocks_computed", "device"}`` (blocks summed over ranks;
     ``device`` names the hardware, None when the store was complete already). The store
@@ -310,7 +314,7 @@ def write_samples(
     for b in mine:
         lo, times = b * request.block_size, _block_times(request, b)
         draws, nfe = _sample_block(model, datamodule, sampler, request, times, batch_size, device)
-        _write_block(datamodule, draws, partial, lo, lo + len(times))
+        _write_block(datamodule, draws, partial, lo, times, constraint)
         (blocks / str(b)).write_text(str(nfe))  # the block is done (and its cost)
         bar.update(len(times))
     bar.close()
@@ -370,8 +374,17 @@ def _sample_block(
     return draws, nfe
 
 
-def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: int) -> None:
-    """Inverse-scale draws (T, M, C, H, W) to physical units, mask invalid pixels, write the region."""
+def _write_block(
+    datamodule: Any,
+    draws: np.ndarray,
+    store: Path,
+    lo: int,
+    times: np.ndarray,
+    constraint: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None,
+) -> None:
+    """Inverse-scale draws (T, M, C, H, W) to physical units, apply ``constraint``, mask invalid
+    pixels, write the region starting at position ``lo`` of the request's times."""
+    hi = lo + len(times)
     draws = datamodule.crop_to_grid(draws)  # drop any padding added to fit the network
     mask = datamodule.fields.mask
     bad = ~np.isfinite(draws[..., mask]).all(axis=(1, 2, 3))
@@ -394,6 +407,8 @@ def _write_block(datamodule: Any, draws: np.ndarray, store: Path, lo: int, hi: i
                 "sampler",
                 stacklevel=2,
             )
+        if constraint is not None:
+            physical = np.where(mask[None, None], constraint(name, physical, times), np.nan)
         variables[name] = (("member", "time", ydim, xdim), np.moveaxis(physical, 0, 1))
     xr.Dataset(variables).to_zarr(
         store,

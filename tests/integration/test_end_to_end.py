@@ -99,6 +99,38 @@ def test_schedule_follows_the_models_sigma_data(trained):
     assert exit_info.value.code == 2
 
 
+def test_conserve_gives_each_member_the_coarse_cell_means(trained):
+    """conserve=multiplicative: the same draws rescaled per coarse cell; every member's area mean
+    over a cell's land pixels is the store's coarse_precip, and the store records the option."""
+    root, result = trained
+    raw = sample.run(sample_cfg(root, result["run_dir"], "free", "evaluate=false"))
+    out = sample.run(
+        sample_cfg(root, result["run_dir"], "kept", "evaluate=false", "conserve=multiplicative")
+    )
+    ds = xr.open_zarr(out["path"], consolidated=False)
+    free = xr.open_zarr(raw["path"], consolidated=False).precip.values
+    assert ds.attrs["conserve"] == "multiplicative"
+    obs = xr.open_zarr(ds.attrs["obs_store"], consolidated=False)
+    factor = obs.sizes["lat"] // obs.sizes["lat_coarse"]
+    valid = obs.valid_mask.values.astype(bool)
+    w = np.cos(np.deg2rad(obs.lat.values))[:, None] * valid
+
+    def cell_means(a):
+        m, t, ny, nx = a.shape
+        shape = (ny // factor, factor, nx // factor, factor)
+        num = (np.nan_to_num(a) * w).reshape(m, t, *shape).sum((-3, -1))
+        return num / np.where(w.reshape(shape).sum((1, 3)) > 0, w.reshape(shape).sum((1, 3)), 1)
+
+    land = w.reshape(ny := obs.sizes["lat_coarse"], factor, -1, factor).sum((1, 3)) > 0
+    assert ny > 1
+    coarse = obs.coarse_precip.values[ds.time_index.values]
+    kept = cell_means(ds.precip.values)
+    np.testing.assert_allclose(
+        kept[..., land], np.broadcast_to(coarse, kept.shape)[..., land], rtol=1e-4, atol=1e-4
+    )
+    assert not np.allclose(cell_means(free)[..., land], kept[..., land], atol=1e-2)
+
+
 def test_trained_model_beats_an_untrained_one_on_crps(trained):
     root, result = trained
     checkpoint = load_checkpoint(result["last_ckpt"])

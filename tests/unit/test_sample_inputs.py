@@ -20,6 +20,7 @@ CASES = [
     (["devices=0"], "devices must be an integer >= 1"),
     (["tiling=default", "tiling.halo=20"], "tiling halo must satisfy"),
     (["+sampler.s_chrun=3"], "has no argument(s) s_chrun"),
+    (["conserve=exact"], "conserve=exact is unknown"),
 ]
 
 
