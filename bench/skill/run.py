@@ -704,7 +704,7 @@ def stage_evaluate(suite: Suite, only: str | None) -> None:
         _write_json(OUT / suite.name / "scores.json", results)  # each row kept as it comes
         _log(f"evaluated {name}: CRPS {flat['crps']:.3f}")
     for sampling in _samplings(suite):
-        if only not in (None, "models", sampling.model):
+        if not _selected(only, sampling):
             continue
         path = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
         if not path.exists():
