@@ -1,4 +1,5 @@
-"""Baselines scored beside the model: interpolation, nearest (block) upsampling, analogs, RainFARM.
+"""Baselines scored beside the model: interpolation, nearest (block) upsampling, analogs, RainFARM,
+and a statistical regression ensemble (ridge regression with a heteroscedastic censored Gaussian).
 
 Each returns a ``(member, time, lat, lon)`` DataArray on the fine grid in physical units, so that
 the runner treats it like any samples store. The ``*_baseline`` adapters take a dataset store
@@ -289,11 +290,30 @@ def analog_baseline(
     """Analogs from the training days using every ``coarse_*`` field (or ``predictors``), at the
     day's own time step and at ``coarse_offsets`` steps from it (as ``data.coarse_offsets``: where a
     step is missing from the store, the day's own predictors stand in)."""
+    train, test = _shifted_predictors(
+        store, train_times, test_times, predictors, coarse_offsets, "analogs"
+    )
+    return analogs(train, store[variable].sel({TIME: train_times}), test, k=k)
+
+
+def _shifted_predictors(
+    store: xr.Dataset,
+    train_times,
+    test_times,
+    predictors: Sequence[str] | None,
+    coarse_offsets: Sequence[int],
+    baseline: str,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Every ``coarse_*`` field (or ``predictors``) at each of ``coarse_offsets`` time steps from
+    the day (as ``data.coarse_offsets``: where a step is missing from the store, the day's own
+    predictors stand in), over the training and the test times."""
     names = (
         list(predictors) if predictors else [v for v in store.data_vars if v.startswith("coarse_")]
     )
     if not names:
-        raise UserError("the dataset store has no coarse_* predictors for analogs; drop analogs")
+        raise UserError(
+            f"the dataset store has no coarse_* predictors for {baseline}; drop {baseline}"
+        )
     fields = store[names]
     coarse_offsets = time_offsets(coarse_offsets)
     table = time_offset_table(store[TIME].values, coarse_offsets)
@@ -306,7 +326,116 @@ def analog_baseline(
     predictors_all = xr.merge(shifted)
     train = predictors_all.sel({TIME: train_times}).load()
     test = predictors_all.sel({TIME: test_times}).load()
-    return analogs(train, store[variable].sel({TIME: train_times}), test, k=k)
+    return train, test
+
+
+def ridge_baseline(
+    store: xr.Dataset,
+    test_times,
+    train_times,
+    *,
+    variable: str = "precip",
+    n_members: int = 16,
+    power: float = 0.5,
+    alphas: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0),
+    predictors: Sequence[str] | None = None,
+    coarse_offsets: Sequence[int] = (0,),
+    powered: Sequence[str] = (),
+    seed: int = 0,
+) -> xr.DataArray:
+    """:func:`ridge_ensemble` from every ``coarse_*`` field (or ``predictors``) at ``coarse_offsets``
+    steps from the day, trained on ``train_times``. The ``powered`` predictors (the coarse
+    precipitation) are raised to ``power`` like the target, so that the two relate linearly (on
+    Iberia: CRPS 0.81 against 0.88 with NCEP pr as it is, docs/results.md)."""
+    missing = sorted(set(powered) - set(store.data_vars))
+    if missing:
+        raise UserError(f"ridge powered= names {', '.join(missing)}, not in the dataset store")
+    store = store.assign({name: store[name].clip(min=0.0) ** power for name in powered})
+    train, test = _shifted_predictors(
+        store, train_times, test_times, predictors, coarse_offsets, "ridge"
+    )
+    return ridge_ensemble(
+        train,
+        store[variable].sel({TIME: train_times}),
+        test,
+        n_members=n_members,
+        power=power,
+        alphas=alphas,
+        seed=seed,
+    )
+
+
+def _gcv_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, float]:
+    """Ridge weights (features, targets) of centred ``x`` (n, f) and ``y`` (n, p), with the one
+    penalty of ``alphas`` that minimises the generalised cross-validation error summed over the
+    targets (Golub, Heath and Wahba 1979), from one SVD of ``x``."""
+    u, sv, vt = np.linalg.svd(x, full_matrices=False)
+    uty = u.T @ y
+    resid_outside = (y**2).sum() - (uty**2).sum()  # the part of y outside the span of x
+    n = x.shape[0]
+    best = None
+    for alpha in alphas:
+        shrink = sv**2 / (sv**2 + alpha)
+        rss = resid_outside + (((1.0 - shrink)[:, None] * uty) ** 2).sum()
+        gcv = rss / (n - 1 - shrink.sum()) ** 2  # one degree of freedom went to the centring
+        if best is None or gcv < best[0]:
+            best = (gcv, float(alpha), shrink)
+    _, alpha, shrink = best
+    return vt.T @ ((shrink / sv)[:, None] * uty), alpha
+
+
+def ridge_ensemble(
+    predictors_train: xr.Dataset,
+    fine_train: xr.DataArray,
+    predictors_test: xr.Dataset,
+    *,
+    n_members: int = 16,
+    power: float = 0.5,
+    alphas: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0),
+    seed: int = 0,
+) -> xr.DataArray:
+    """Statistical downscaling ensemble: a power-transformed, censored, heteroscedastic Gaussian
+    regression (the classic model-output-statistics form; power 1/2 as Stidd 1973, std linear in
+    the prediction as in Gneiting et al. 2005's EMOS).
+
+    1. z = fine^``power`` per pixel, regressed on every standardised coarse predictor and grid point
+       (as the analogs see them) by ridge regression, one penalty for all pixels chosen from
+       ``alphas`` by generalised cross-validation;
+    2. the error std s = a + b z_hat per pixel, least squares of |residual| sqrt(pi / 2) (the mean
+       absolute value of a Gaussian of std s is s sqrt(2 / pi)) on the training days, floored at a
+       tenth of the pixel's residual std;
+    3. members z_hat + s e (e standard normal, ``seed``), censored at 0, raised to 1 / ``power``.
+
+    Pixels never observed on the training days are NaN.
+    """
+    if not 0 < power <= 1:
+        raise UserError(f"ridge power must be in (0, 1], got {power}; e.g. power=0.5 (square root)")
+    a, b = _standardise(predictors_train, predictors_test)
+    shape = fine_train.shape[1:]
+    obs = fine_train.transpose(TIME, ...).values.reshape(fine_train.sizes[TIME], -1)
+    seen = np.isfinite(obs).any(0)
+    z = np.where(np.isfinite(obs), np.maximum(obs, 0.0), 0.0) ** power
+    z_mean, a_mean = z.mean(0), a.mean(0)
+    weights, alpha = _gcv_ridge(a - a_mean, z - z_mean, alphas)
+    fit = (a - a_mean) @ weights + z_mean
+    pred = (b - a_mean) @ weights + z_mean
+    spread = np.abs(z - fit) * np.sqrt(np.pi / 2.0)
+    slope = ((fit - fit.mean(0)) * (spread - spread.mean(0))).sum(0) / np.maximum(
+        ((fit - fit.mean(0)) ** 2).sum(0), 1e-12
+    )
+    intercept = spread.mean(0) - slope * fit.mean(0)
+    floor = 0.1 * (z - fit).std(0)
+    std = np.maximum(intercept + slope * pred, floor)
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n_members, *pred.shape))
+    members = np.maximum(pred + std * noise, 0.0) ** (1.0 / power)
+    members = np.where(seen, members, np.nan).reshape(n_members, len(pred), *shape)
+    dims = (MEMBER, TIME, *fine_train.dims[1:])
+    da = xr.DataArray(
+        members.astype(np.float32), dims=dims, coords={TIME: predictors_test[TIME].values}
+    )
+    out = _finish(da, fine_train, fine_train.attrs.get("units"), f"ridge ensemble k={n_members}")
+    return out.assign_attrs(ridge_alpha=alpha, power=power, seed=seed)
 
 
 def rainfarm_baseline(
