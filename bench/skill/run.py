@@ -129,6 +129,22 @@ _IBERIA_BASELINES: dict[str, dict[str, Any]] = {
         "seed": 0,
         "coarse": "pr",
     },
+    # statistical downscaling (GCV ridge of sqrt(precip), heteroscedastic censored Gaussian), with
+    # the learned models' predictors (every NCEP field, the day and the next)
+    "ridge 16 (sqrt, all predictors, same + next day)": {
+        "_target_": f"{_B}.ridge_baseline",
+        "n_members": 16,
+        "seed": 0,
+        "coarse": "pr",
+        "coarse_offsets": [0, 1],
+    },
+    "ridge 32 (sqrt, all predictors, same + next day)": {
+        "_target_": f"{_B}.ridge_baseline",
+        "n_members": 32,
+        "seed": 0,
+        "coarse": "pr",
+        "coarse_offsets": [0, 1],
+    },
 }
 
 _IBERIA_DOMAIN = (
@@ -397,6 +413,7 @@ SUITES: dict[str, Suite] = {
             "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
             "analogs 8": {"_target_": f"{_B}.analog_baseline", "k": 8},
             "RainFARM 8": {"_target_": f"{_B}.rainfarm_baseline", "n_members": 8, "seed": 0},
+            "ridge 8": {"_target_": f"{_B}.ridge_baseline", "n_members": 8, "seed": 0},
         },
         domain="MRMS 0.01 deg, CPU crop: the rainiest 256 x 512 block of the test frames (lat "
         "29.28-31.84, lon -102.32 to -97.20; rows 0-255, cols 1152-1663 of the shared 2048 x 4096 "

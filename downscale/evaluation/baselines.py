@@ -340,13 +340,18 @@ def ridge_baseline(
     alphas: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0),
     predictors: Sequence[str] | None = None,
     coarse_offsets: Sequence[int] = (0,),
-    powered: Sequence[str] = (),
+    coarse: str | None = None,
+    powered: Sequence[str] | None = None,
     seed: int = 0,
 ) -> xr.DataArray:
     """:func:`ridge_ensemble` from every ``coarse_*`` field (or ``predictors``) at ``coarse_offsets``
-    steps from the day, trained on ``train_times``. The ``powered`` predictors (the coarse
-    precipitation) are raised to ``power`` like the target, so that the two relate linearly (on
-    Iberia: CRPS 0.81 against 0.88 with NCEP pr as it is, docs/results.md)."""
+    steps from the day, trained on ``train_times``. The ``powered`` predictors (default: the coarse
+    predictand ``coarse_<coarse or variable>`` when the store has it) are raised to ``power`` like
+    the target, so that the two relate linearly (on Iberia: CRPS 0.81 against 0.88 with NCEP pr
+    as it is, docs/results.md)."""
+    if powered is None:
+        name = f"coarse_{coarse or variable}"
+        powered = [name] if name in store.data_vars else []
     missing = sorted(set(powered) - set(store.data_vars))
     if missing:
         raise UserError(f"ridge powered= names {', '.join(missing)}, not in the dataset store")
@@ -365,10 +370,14 @@ def ridge_baseline(
     )
 
 
-def _gcv_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[np.ndarray, float]:
-    """Ridge weights (features, targets) of centred ``x`` (n, f) and ``y`` (n, p), with the one
-    penalty of ``alphas`` that minimises the generalised cross-validation error summed over the
-    targets (Golub, Heath and Wahba 1979), from one SVD of ``x``."""
+def _gcv_ridge(
+    x: np.ndarray, y: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ridge regression of centred ``y`` (n, p) on centred ``x`` (n, f) with the one penalty of
+    ``alphas`` that minimises the generalised cross-validation error summed over the targets
+    (Golub, Heath and Wahba 1979), from one SVD of ``x``. Returns the weights factorised as
+    ``basis`` (f, k) @ ``coef`` (k, p), k = min(n, f): a wide fine grid never needs the f x p
+    matrix, and the penalty."""
     u, sv, vt = np.linalg.svd(x, full_matrices=False)
     uty = u.T @ y
     resid_outside = (y**2).sum() - (uty**2).sum()  # the part of y outside the span of x
@@ -381,7 +390,7 @@ def _gcv_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> tuple[n
         if best is None or gcv < best[0]:
             best = (gcv, float(alpha), shrink)
     _, alpha, shrink = best
-    return vt.T @ ((shrink / sv)[:, None] * uty), alpha
+    return vt.T, (shrink / sv)[:, None] * uty, alpha
 
 
 def ridge_ensemble(
@@ -416,9 +425,9 @@ def ridge_ensemble(
     seen = np.isfinite(obs).any(0)
     z = np.where(np.isfinite(obs), np.maximum(obs, 0.0), 0.0) ** power
     z_mean, a_mean = z.mean(0), a.mean(0)
-    weights, alpha = _gcv_ridge(a - a_mean, z - z_mean, alphas)
-    fit = (a - a_mean) @ weights + z_mean
-    pred = (b - a_mean) @ weights + z_mean
+    basis, coef, alpha = _gcv_ridge(a - a_mean, z - z_mean, alphas)
+    fit = ((a - a_mean) @ basis) @ coef + z_mean
+    pred = ((b - a_mean) @ basis) @ coef + z_mean
     spread = np.abs(z - fit) * np.sqrt(np.pi / 2.0)
     slope = ((fit - fit.mean(0)) * (spread - spread.mean(0))).sum(0) / np.maximum(
         ((fit - fit.mean(0)) ** 2).sum(0), 1e-12

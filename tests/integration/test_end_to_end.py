@@ -226,10 +226,15 @@ def test_default_evaluation_scores_the_baselines_beside_the_model(trained):
     assert set(train).isdisjoint(ds.time_index.values.tolist())
     out_dir = out["metrics_path"].parent
     card = json.loads((out_dir / "scorecard.json").read_text())
-    assert list(card) == ["model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm"]
+    assert list(card) == ["model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm", "ridge"]
     for name in ("bilinear", "bicubic", "nearest"):  # one member: CRPS is the MAE
         assert card[name]["crps"] == pytest.approx(card[name]["mae"], rel=1e-6), name
-    for name in ("model", "analogs", "rainfarm"):  # spread: CRPS = MAE - E|X - X'| / 2 < MAE
+    for name in (
+        "model",
+        "analogs",
+        "rainfarm",
+        "ridge",
+    ):  # spread: CRPS = MAE - E|X - X'| / 2 < MAE
         assert card[name]["crps"] < card[name]["mae"], name
     assert card["model"]["crps"] == pytest.approx(out["metrics"]["crps"])
     html = (out_dir / "report.html").read_text()

@@ -122,8 +122,9 @@ def test_compute_baselines_from_the_default_config():
     cfg = OmegaConf.load(CONF / "default.yaml")
     cfg.baselines.analogs.k = 4
     cfg.baselines.rainfarm.n_members = 3
+    cfg.baselines.ridge.n_members = 3
     out = baselines.compute_baselines(store, store.time.values[20:], store.time.values[:20], cfg)
-    assert set(out) == {"bilinear", "bicubic", "nearest", "analogs", "rainfarm"}
+    assert set(out) == {"bilinear", "bicubic", "nearest", "analogs", "rainfarm", "ridge"}
     for name, da in out.items():
         assert da.dims == ("member", "time", "lat", "lon"), name
         assert da.sizes["time"] == 4 and np.isfinite(da.values).all(), name

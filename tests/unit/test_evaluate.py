@@ -83,7 +83,7 @@ def _config(**changes):
 def test_baselines_scored_beside_the_model_on_the_same_days_and_cells(sampled, tmp_path):
     flat = evaluate_store(sampled["with_train"], sampled["store"], _config(), tmp_path)
     card = json.loads((tmp_path / "scorecard.json").read_text())
-    assert list(card) == ["model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm"]
+    assert list(card) == ["model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm", "ridge"]
     assert card["model"]["crps"] == pytest.approx(flat["crps"])
     html = (tmp_path / "report.html").read_text()
     for name in card:
@@ -93,7 +93,7 @@ def test_baselines_scored_beside_the_model_on_the_same_days_and_cells(sampled, t
         assert card[name]["crps"] == pytest.approx(card[name]["mae"], rel=1e-6), name
         assert card[name]["spread_skill"] is None, name  # undefined for one member
     # an ensemble with spread: CRPS = MAE - E|X - X'| / 2 < MAE
-    for name in ("analogs", "rainfarm", "model"):
+    for name in ("analogs", "rainfarm", "ridge", "model"):
         assert card[name]["crps"] < card[name]["mae"], name
         assert card[name]["spread_skill"] > 0, name
     # independent recomputation: the nearest baseline on the samples' days and the store's mask
@@ -124,9 +124,11 @@ def test_analogs_use_the_recorded_training_days(sampled):
 def test_without_training_days_analogs_are_skipped_and_reported(sampled, tmp_path):
     evaluate_store(sampled["without_train"], sampled["store"], _config(), tmp_path)
     card = json.loads((tmp_path / "scorecard.json").read_text())
-    assert "analogs" not in card and {"bilinear", "nearest", "rainfarm"} <= set(card)
+    assert "analogs" not in card and "ridge" not in card
+    assert {"bilinear", "nearest", "rainfarm"} <= set(card)
     html = (tmp_path / "report.html").read_text()
     assert "Skipped" in html and "baseline analogs" in html and "training days" in html
+    assert "baseline ridge" in html
 
 
 def test_foreign_observations_skip_the_baselines_they_cannot_feed(sampled, tmp_path):
@@ -208,4 +210,13 @@ def test_wandb_offline_run_holds_the_summary(sampled, tmp_path, monkeypatch):
     }
     (table,) = (media / "table" / "eval").glob("scorecard_*.table.json")
     columns = json.loads(table.read_text())["columns"]
-    assert columns == ["metric", "model", "bilinear", "bicubic", "nearest", "analogs", "rainfarm"]
+    assert columns == [
+        "metric",
+        "model",
+        "bilinear",
+        "bicubic",
+        "nearest",
+        "analogs",
+        "rainfarm",
+        "ridge",
+    ]
