@@ -413,7 +413,8 @@ SUITES: dict[str, Suite] = {
             "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
             "analogs 8": {"_target_": f"{_B}.analog_baseline", "k": 8},
             "RainFARM 8": {"_target_": f"{_B}.rainfarm_baseline", "n_members": 8, "seed": 0},
-            "ridge 8": {"_target_": f"{_B}.ridge_baseline", "n_members": 8, "seed": 0},
+            # no ridge row: a per-pixel regression on 28 frames two minutes apart extrapolates as the
+            # storm moves (ensemble-mean MAE 0.66 -> 14.8 mm/h over the 8 test frames; CRPS 5.9)
         },
         domain="MRMS 0.01 deg, CPU crop: the rainiest 256 x 512 block of the test frames (lat "
         "29.28-31.84, lon -102.32 to -97.20; rows 0-255, cols 1152-1663 of the shared 2048 x 4096 "
