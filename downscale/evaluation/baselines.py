@@ -31,6 +31,8 @@ LAT_C, LON_C = "lat_coarse", "lon_coarse"
 # xarray's fill_value that extrapolates: 1-D scipy interpolants (linear) want "extrapolate",
 # scipy interpn (cubic and higher) wants None
 _EXTRAPOLATE = {"linear": "extrapolate", "nearest": "extrapolate"}
+# ridge penalties searched by generalised cross-validation (features are z-scored)
+RIDGE_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 def _to_fine_names(coarse: xr.DataArray) -> xr.DataArray:
@@ -337,7 +339,7 @@ def ridge_baseline(
     variable: str = "precip",
     n_members: int = 16,
     power: float = 0.5,
-    alphas: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0),
+    alphas: Sequence[float] = RIDGE_ALPHAS,
     predictors: Sequence[str] | None = None,
     coarse_offsets: Sequence[int] = (0,),
     coarse: str | None = None,
@@ -400,7 +402,7 @@ def ridge_ensemble(
     *,
     n_members: int = 16,
     power: float = 0.5,
-    alphas: Sequence[float] = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0),
+    alphas: Sequence[float] = RIDGE_ALPHAS,
     seed: int = 0,
 ) -> xr.DataArray:
     """Statistical downscaling ensemble: a power-transformed, censored, heteroscedastic Gaussian
