@@ -372,6 +372,10 @@ def ridge_baseline(
     )
 
 
+def _column_blocks(n: int, size: int = 1 << 18) -> list[slice]:
+    return [slice(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
 def _gcv_ridge(
     x: np.ndarray, y: np.ndarray, alphas: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -404,6 +408,7 @@ def ridge_ensemble(
     power: float = 0.5,
     alphas: Sequence[float] = RIDGE_ALPHAS,
     seed: int = 0,
+    time_chunk: int = 16,
 ) -> xr.DataArray:
     """Statistical downscaling ensemble: a power-transformed, censored, heteroscedastic Gaussian
     regression (the classic model-output-statistics form; power 1/2 as Stidd 1973, std linear in
@@ -415,7 +420,8 @@ def ridge_ensemble(
     2. the error std s = a + b z_hat per pixel, least squares of |residual| sqrt(pi / 2) (the mean
        absolute value of a Gaussian of std s is s sqrt(2 / pi)) on the training days, floored at a
        tenth of the pixel's residual std;
-    3. members z_hat + s e (e standard normal, ``seed``), censored at 0, raised to 1 / ``power``.
+    3. members z_hat + s e (e standard normal, one generator per (``seed``, day position)),
+       censored at 0, raised to 1 / ``power``; lazy (dask) over ``time_chunk`` days.
 
     Pixels never observed on the training days are NaN.
     """
@@ -426,24 +432,48 @@ def ridge_ensemble(
     obs = fine_train.transpose(TIME, ...).values.reshape(fine_train.sizes[TIME], -1)
     seen = np.isfinite(obs).any(0)
     z = np.where(np.isfinite(obs), np.maximum(obs, 0.0), 0.0) ** power
+    del obs
     z_mean, a_mean = z.mean(0), a.mean(0)
-    basis, coef, alpha = _gcv_ridge(a - a_mean, z - z_mean, alphas)
-    fit = ((a - a_mean) @ basis) @ coef + z_mean
-    pred = ((b - a_mean) @ basis) @ coef + z_mean
-    spread = np.abs(z - fit) * np.sqrt(np.pi / 2.0)
-    slope = ((fit - fit.mean(0)) * (spread - spread.mean(0))).sum(0) / np.maximum(
-        ((fit - fit.mean(0)) ** 2).sum(0), 1e-12
-    )
-    intercept = spread.mean(0) - slope * fit.mean(0)
-    floor = 0.1 * (z - fit).std(0)
-    std = np.maximum(intercept + slope * pred, floor)
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((n_members, *pred.shape))
-    members = np.maximum(pred + std * noise, 0.0) ** (1.0 / power)
-    members = np.where(seen, members, np.nan).reshape(n_members, len(pred), *shape)
+    z -= z_mean
+    basis, coef, alpha = _gcv_ridge(a - a_mean, z, alphas)
+    train_proj, test_proj = (a - a_mean) @ basis, (b - a_mean) @ basis
+    pred = np.empty((len(b), z.shape[1]), np.float32)
+    std = np.empty_like(pred)
+    for cols in _column_blocks(z.shape[1]):  # a wide grid never holds more than a block's copies
+        fit = train_proj @ coef[:, cols]
+        resid = z[:, cols] - fit
+        spread = np.abs(resid) * np.sqrt(np.pi / 2.0)
+        fit_c = fit - fit.mean(0)
+        slope = (fit_c * (spread - spread.mean(0))).sum(0) / np.maximum((fit_c**2).sum(0), 1e-12)
+        intercept = spread.mean(0) - slope * (fit.mean(0) + z_mean[cols])
+        pred[:, cols] = test_proj @ coef[:, cols] + z_mean[cols]
+        std[:, cols] = np.maximum(intercept + slope * pred[:, cols], 0.1 * resid.std(0))
+    del z
+
+    def days(first: int, n: int) -> np.ndarray:
+        # one generator per day (seed, day position): draws do not depend on the time chunking
+        out = np.empty((n_members, n, pred.shape[1]), np.float32)
+        for i in range(n):
+            noise = np.random.default_rng([seed, first + i]).standard_normal(
+                (n_members, pred.shape[1]), dtype=np.float32
+            )
+            day = np.maximum(pred[first + i] + std[first + i] * noise, 0.0) ** (1.0 / power)
+            out[:, i] = np.where(seen, day, np.nan)
+        return out.reshape(n_members, n, *shape)
+
+    blocks = [
+        dask.array.from_delayed(
+            dask.delayed(days)(lo, min(time_chunk, len(pred) - lo)),
+            shape=(n_members, min(time_chunk, len(pred) - lo), *shape),
+            dtype=np.float32,
+        )
+        for lo in range(0, len(pred), time_chunk)
+    ]
     dims = (MEMBER, TIME, *fine_train.dims[1:])
     da = xr.DataArray(
-        members.astype(np.float32), dims=dims, coords={TIME: predictors_test[TIME].values}
+        dask.array.concatenate(blocks, axis=1),
+        dims=dims,
+        coords={TIME: predictors_test[TIME].values},
     )
     out = _finish(da, fine_train, fine_train.attrs.get("units"), f"ridge ensemble k={n_members}")
     return out.assign_attrs(ridge_alpha=alpha, power=power, seed=seed)

@@ -3,6 +3,7 @@ censored Gaussian error."""
 
 from __future__ import annotations
 
+import dask.array
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,3 +113,17 @@ def test_the_coarse_predictand_is_powered_by_default():
     raw = baselines.ridge_baseline(ds, test, train, powered=[])
     np.testing.assert_array_equal(default.values, named.values)
     assert not np.allclose(default.values, raw.values, equal_nan=True)
+
+
+def test_lazy_and_chunking_does_not_change_the_draws():
+    ds, _ = regression_store(60, lambda m: 0.3 + 0.0 * m)
+    test, train = split(ds, 40)
+    one = baselines.ridge_baseline(ds, test, train, n_members=5)  # default 16-day blocks
+    assert isinstance(
+        one.data, dask.array.Array
+    )  # lazy: members drawn block by block when computed
+    train_fields, test_fields = baselines._shifted_predictors(ds, train, test, None, [0], "ridge")
+    daily = baselines.ridge_ensemble(
+        train_fields, ds.precip.sel(time=train), test_fields, n_members=5, time_chunk=1
+    )
+    np.testing.assert_array_equal(one.values, daily.values)
