@@ -349,7 +349,7 @@ def ridge_baseline(
     """:func:`ridge_ensemble` from every ``coarse_*`` field (or ``predictors``) at ``coarse_offsets``
     steps from the day, trained on ``train_times``. The ``powered`` predictors (default: the coarse
     predictand ``coarse_<coarse or variable>`` when the store has it) are raised to ``power`` like
-    the target, so that the two relate linearly (on Iberia: CRPS 0.81 against 0.88 with NCEP pr
+    the target, so that the two relate linearly (on Iberia: CRPS 0.80 against 0.89 with NCEP pr
     as it is, docs/results.md)."""
     if powered is None:
         name = f"coarse_{coarse or variable}"
