@@ -94,6 +94,11 @@ _B = "downscale.evaluation.baselines"
 # and sigma_data"); the radar EDM keeps the schedule as written (scaling cost it 3.6% CRPS)
 _SCALED = "schedule_sigma_data=0.5"
 # Iberia's baselines, shared by the CPU and GPU suites (same store, test days and scorecard)
+# radar sampling: tiles of the 64 x 64 training patch (the middle block's attention over a whole
+# 256 x 512 field would need a 34 GB matrix), and Iberia's best <= 10-NFE sampler
+_TILES_64 = ("tiling=default", "tiling.tile=64", "tiling.overlap=16")
+_DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
+
 _IBERIA_BASELINES: dict[str, dict[str, Any]] = {
     "bilinear NCEP pr": {
         "_target_": f"{_B}.interpolation_baseline",
@@ -321,51 +326,26 @@ SUITES: dict[str, Suite] = {
             "residual": "radar_residual",
         },
         samplings=(
-            # tiled like the EDM: the net's whole-crop attention would need a 34 GB matrix
-            Sampling(
-                "regression UNet (64 px tiles)",
-                "regression",
-                ("tiling=default", "tiling.tile=64", "tiling.overlap=16"),
-                1,
-            ),
+            # every model in tiles (_TILES_64), the regression UNet too
+            Sampling("regression UNet (64 px tiles)", "regression", _TILES_64, 1),
             Sampling(
                 "EDM dpmpp_2m 10 (10 NFE), 2 members",
                 "edm",
-                # tiles of the 64 x 64 training patch: the middle block's attention over a whole
-                # 256 x 512 field would need a 34 GB matrix
-                (
-                    "sampler=dpmpp_2m",
-                    "sampler.steps=10",
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                ),
+                (*_DPMPP_10, *_TILES_64),
                 2,
                 ablation=True,
             ),
             Sampling(
                 "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
                 "edm_auto",
-                (
-                    "sampler=dpmpp_2m",
-                    "sampler.steps=10",
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                ),
+                (*_DPMPP_10, *_TILES_64),
                 4,
             ),
             # the regression mean is tiled like the residual's denoiser
             Sampling(
                 "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
                 "residual",
-                (
-                    "sampler=dpmpp_2m",
-                    "sampler.steps=10",
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                ),
+                (*_DPMPP_10, *_TILES_64),
                 4,
             ),
             # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
@@ -373,38 +353,19 @@ SUITES: dict[str, Suite] = {
             Sampling(
                 "regression UNet (64 px tiles), conserved",
                 "regression",
-                (
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                    "conserve=multiplicative",
-                ),
+                (*_TILES_64, "conserve=multiplicative"),
                 1,
             ),
             Sampling(
                 "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members, conserved",
                 "edm_auto",
-                (
-                    "sampler=dpmpp_2m",
-                    "sampler.steps=10",
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                    "conserve=multiplicative",
-                ),
+                (*_DPMPP_10, *_TILES_64, "conserve=multiplicative"),
                 4,
             ),
             Sampling(
                 "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members, conserved",
                 "residual",
-                (
-                    "sampler=dpmpp_2m",
-                    "sampler.steps=10",
-                    "tiling=default",
-                    "tiling.tile=64",
-                    "tiling.overlap=16",
-                    "conserve=multiplicative",
-                ),
+                (*_DPMPP_10, *_TILES_64, "conserve=multiplicative"),
                 4,
             ),
         ),
