@@ -10,7 +10,7 @@ on ``(time, lat_coarse, lon_coarse)``) and are listed in ``conf/evaluation/defau
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dask
@@ -159,6 +159,26 @@ def spectral_slope(coarse: xr.DataArray) -> float:
     return float(-np.polyfit(np.log(k[ok]), np.log(p[ok]), 1)[0])
 
 
+def _lazy_days(
+    draw: Callable[[int, int], np.ndarray],
+    n_days: int,
+    shape: tuple[int, ...],
+    time_chunk: int,
+) -> dask.array.Array:
+    """(members, days, ...) drawn lazily in blocks of ``time_chunk`` days, ``draw(first, n)`` per
+    block, so a long test period never sits in memory at once. ``draw`` seeds one generator per
+    (seed, day position), so the draws do not depend on the chunking."""
+    blocks = [
+        dask.array.from_delayed(
+            dask.delayed(draw)(lo, min(time_chunk, n_days - lo)),
+            shape=(shape[0], min(time_chunk, n_days - lo), *shape[1:]),
+            dtype=np.float32,
+        )
+        for lo in range(0, n_days, time_chunk)
+    ]
+    return dask.array.concatenate(blocks, axis=1)
+
+
 def _gaussian_fields(rng: np.random.Generator, shape: tuple[int, ...], alpha: float) -> np.ndarray:
     """Unit-variance Gaussian fields with radially averaged PSD ~ |k|^-alpha and random phases."""
     ny, nx = shape[-2:]
@@ -206,28 +226,18 @@ def rainfarm(
     )
     values = np.asarray(src.transpose(TIME, LAT, LON).values).reshape(src.sizes[TIME], n_cells)
 
-    def days(first: int, block: np.ndarray) -> np.ndarray:
-        # one generator per day (seed, day position): draws do not depend on the time chunking
-        out = np.empty((n_members, block.shape[0], ny * nx), dtype=np.float32)
-        for i, coarse_day in enumerate(block):
+    def days(first: int, n: int) -> np.ndarray:
+        out = np.empty((n_members, n, ny * nx), dtype=np.float32)
+        for i, coarse_day in enumerate(values[first : first + n]):
             rng = np.random.default_rng([seed, first + i])
             r = np.exp(_gaussian_fields(rng, (n_members, ny, nx), alpha)).reshape(n_members, -1)
             cell_mean = np.asarray(r @ avg)  # (members, cells)
             with np.errstate(invalid="ignore", divide="ignore"):
                 factor = coarse_day[None, :] / cell_mean
             out[:, i] = r * factor[:, cell]
-        return out.reshape(n_members, block.shape[0], ny, nx)
+        return out.reshape(n_members, n, ny, nx)
 
-    # lazy over blocks of `time_chunk` days: a long test period never sits in memory at once
-    blocks = [
-        dask.array.from_delayed(
-            dask.delayed(days)(lo, values[lo : lo + time_chunk]),
-            shape=(n_members, len(values[lo : lo + time_chunk]), ny, nx),
-            dtype=np.float32,
-        )
-        for lo in range(0, len(values), time_chunk)
-    ]
-    lazy = dask.array.concatenate(blocks, axis=1)
+    lazy = _lazy_days(days, len(values), (n_members, ny, nx), time_chunk)
     da = xr.DataArray(lazy, dims=(MEMBER, TIME, LAT, LON), coords={TIME: src[TIME].values})
     result = _finish(da, fine_grid, coarse.attrs.get("units"), "rainfarm")
     return result.assign_attrs(rainfarm_slope=alpha, seed=seed)
@@ -451,7 +461,6 @@ def ridge_ensemble(
     del z
 
     def days(first: int, n: int) -> np.ndarray:
-        # one generator per day (seed, day position): draws do not depend on the time chunking
         out = np.empty((n_members, n, pred.shape[1]), np.float32)
         for i in range(n):
             noise = np.random.default_rng([seed, first + i]).standard_normal(
@@ -461,17 +470,9 @@ def ridge_ensemble(
             out[:, i] = np.where(seen, day, np.nan)
         return out.reshape(n_members, n, *shape)
 
-    blocks = [
-        dask.array.from_delayed(
-            dask.delayed(days)(lo, min(time_chunk, len(pred) - lo)),
-            shape=(n_members, min(time_chunk, len(pred) - lo), *shape),
-            dtype=np.float32,
-        )
-        for lo in range(0, len(pred), time_chunk)
-    ]
     dims = (MEMBER, TIME, *fine_train.dims[1:])
     da = xr.DataArray(
-        dask.array.concatenate(blocks, axis=1),
+        _lazy_days(days, len(pred), (n_members, *shape), time_chunk),
         dims=dims,
         coords={TIME: predictors_test[TIME].values},
     )

@@ -408,7 +408,7 @@ def _write_block(
                 stacklevel=2,
             )
         if constraint is not None:
-            physical = np.where(mask[None, None], constraint(name, physical, times), np.nan)
+            physical = constraint(name, physical, times)  # invalid pixels stay NaN
         variables[name] = (("member", "time", ydim, xdim), np.moveaxis(physical, 0, 1))
     xr.Dataset(variables).to_zarr(
         store,
