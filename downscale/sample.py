@@ -164,7 +164,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
     if stepped:
         sampler, schedule_scale = scale_schedule(sampler, model, cfg)
     conserve = cfg.get("conserve")
-    constraint = Conservation(datamodule, conserve) if conserve else None
+    constraint = Conservation(datamodule.ds, datamodule.targets, conserve) if conserve else None
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],

@@ -56,6 +56,19 @@ class Sampling:
     n_members: int = 8
     # an ablation row (how we got to the core setting): run only with --ablations
     ablation: bool = False
+    # the free row whose draws this row conserves after the fact (see _conserved)
+    conserved_from: str | None = None
+
+
+def _conserved(source: Sampling, method: str = "multiplicative") -> Sampling:
+    """``source``'s draws with each coarse cell's mean set to the coarse field: derived from its
+    store (``conserve_samples``, the same values as drawing again with ``conserve=<method>``)."""
+    return dataclasses.replace(
+        source,
+        name=f"{source.name}, conserved",
+        overrides=(*source.overrides, f"conserve={method}"),
+        conserved_from=source.name,
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,21 @@ _SCALED = "schedule_sigma_data=0.5"
 # 256 x 512 field would need a 34 GB matrix), and Iberia's best <= 10-NFE sampler
 _TILES_64 = ("tiling=default", "tiling.tile=64", "tiling.overlap=16")
 _DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
+
+_RADAR_REGRESSION = Sampling("regression UNet (64 px tiles)", "regression", _TILES_64, 1)
+_RADAR_EDM = Sampling(
+    "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
+    "edm_auto",
+    (*_DPMPP_10, *_TILES_64),
+    4,
+)
+# the regression mean is tiled like the residual's denoiser
+_RADAR_RESIDUAL = Sampling(
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
+    "residual",
+    (*_DPMPP_10, *_TILES_64),
+    4,
+)
 
 _IBERIA_BASELINES: dict[str, dict[str, Any]] = {
     "bilinear NCEP pr": {
@@ -327,7 +355,7 @@ SUITES: dict[str, Suite] = {
         },
         samplings=(
             # every model in tiles (_TILES_64), the regression UNet too
-            Sampling("regression UNet (64 px tiles)", "regression", _TILES_64, 1),
+            _RADAR_REGRESSION,
             Sampling(
                 "EDM dpmpp_2m 10 (10 NFE), 2 members",
                 "edm",
@@ -335,39 +363,11 @@ SUITES: dict[str, Suite] = {
                 2,
                 ablation=True,
             ),
-            Sampling(
-                "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
-                "edm_auto",
-                (*_DPMPP_10, *_TILES_64),
-                4,
-            ),
-            # the regression mean is tiled like the residual's denoiser
-            Sampling(
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
-                "residual",
-                (*_DPMPP_10, *_TILES_64),
-                4,
-            ),
+            _RADAR_EDM,
+            _RADAR_RESIDUAL,
             # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
             # the target's block mean; docs/sampling.md, "Conservation")
-            Sampling(
-                "regression UNet (64 px tiles), conserved",
-                "regression",
-                (*_TILES_64, "conserve=multiplicative"),
-                1,
-            ),
-            Sampling(
-                "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members, conserved",
-                "edm_auto",
-                (*_DPMPP_10, *_TILES_64, "conserve=multiplicative"),
-                4,
-            ),
-            Sampling(
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members, conserved",
-                "residual",
-                (*_DPMPP_10, *_TILES_64, "conserve=multiplicative"),
-                4,
-            ),
+            *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL)),
         ),
         baselines={
             "nearest": {"_target_": f"{_B}.nearest_baseline"},
@@ -445,7 +445,7 @@ def _commands(suite: Suite) -> list[str]:
     lines = [_command("build", o) for o in (suite.build, suite.gcm_build) if o]
     lines += [_command("train", _train_overrides(suite, model)) for model in suite.models]
     for sampling in _samplings(suite):
-        out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        out = _samples_path(suite, sampling)
         lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
     if suite.gcm_store:
         edm = _gcm_sampling(suite)
@@ -521,6 +521,26 @@ def _sample_overrides(
 _PATHS = ("ckpt=", "out=", "data.store=")
 
 
+def _recorded(out: Path, setting: list[str]) -> dict | None:
+    """The timing record of a finished draw at ``out``, if it was drawn with ``setting``."""
+    timing = out.parent / "timing.json"
+    if not (timing.is_file() and out.exists()):
+        return None
+    info = _read_json(timing)
+    recorded = info.get("overrides", setting)  # records older than this check: reused
+    if recorded != setting:
+        sys.exit(
+            f"error: {out.parent} was drawn with {' '.join(recorded)}, not "
+            f"{' '.join(setting)}; remove it to draw it again"
+        )
+    return info
+
+
+def _setting(overrides: Sequence[str]) -> list[str]:
+    """The settings of a draw, without the paths (an output folder may move)."""
+    return [o for o in overrides if not o.startswith(_PATHS)]
+
+
 def _sample(
     suite: Suite, sampling: Sampling, out: Path, split: str, n_members: int, extra=()
 ) -> dict:
@@ -528,18 +548,12 @@ def _sample(
 
     sampling = dataclasses.replace(sampling, n_members=n_members)
     overrides = _sample_overrides(suite, sampling, out, split, extra)
-    timing = out.parent / "timing.json"
-    # the settings of the draw, without the paths (an output folder may move)
-    setting = [o for o in overrides if not o.startswith(_PATHS)]
-    if timing.is_file() and out.exists():
-        info = _read_json(timing)
-        recorded = info.get("overrides", setting)  # records older than this check: reused
-        if recorded != setting:
-            sys.exit(
-                f"error: {out.parent} was drawn with {' '.join(recorded)}, not "
-                f"{' '.join(setting)}; remove it to draw it again"
-            )
+    setting = _setting(overrides)
+    info = _recorded(out, setting)
+    if info is not None:
         return info
+    if sampling.conserved_from:
+        return _conserve_draws(suite, sampling, out, split, setting)
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
@@ -552,8 +566,44 @@ def _sample(
         "overrides": setting,
         "device": result.get("device"),
     }
-    _write_json(timing, info)
+    _write_json(out.parent / "timing.json", info)
     return info
+
+
+def _conserve_draws(
+    suite: Suite, sampling: Sampling, out: Path, split: str, setting: list[str]
+) -> dict:
+    """A conserved row from its free row's store (drawn first if missing): the constraint is a
+    deterministic post-processing of the same draws, so the model does not run again. Its time is
+    the free draw's plus the constraint's."""
+    from downscale.sampling.constraints import conserve_samples
+    from downscale.utils.atomic import atomic_path
+
+    source = next(s for s in suite.samplings if s.name == sampling.conserved_from)
+    source_out = _samples_path(suite, source)
+    drawn = _sample(suite, source, source_out, split, sampling.n_members)
+    method = next(o.split("=", 1)[1] for o in sampling.overrides if o.startswith("conserve="))
+    start = time.perf_counter()
+    free = xr.open_zarr(source_out, consolidated=False).load()
+    store = xr.open_zarr(OUT / "stores" / suite.store, consolidated=False)
+    with atomic_path(out) as tmp:
+        conserve_samples(free, store, method).to_zarr(tmp, consolidated=False, zarr_format=3)
+    seconds = time.perf_counter() - start
+    total = drawn["seconds"] + seconds
+    info = {
+        **drawn,
+        "seconds": total,
+        "seconds_per_member_day": total / (drawn["n_members"] * drawn["n_days"]),
+        "conserve_seconds": seconds,
+        "conserved_from": source.name,
+        "overrides": setting,
+    }
+    _write_json(out.parent / "timing.json", info)
+    return info
+
+
+def _samples_path(suite: Suite, sampling: Sampling) -> Path:
+    return OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
 
 
 def _slug(name: str) -> str:
@@ -612,7 +662,7 @@ def stage_sample(suite: Suite, only: str | None) -> None:
         extra = [s for s in _samplings(suite) if s not in suite.samplings]
         todo += [s for s in extra if only == "fast" or _selected(only, s)]
     for sampling in todo:
-        out = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        out = _samples_path(suite, sampling)
         _log(f"sample {sampling.name}")
         info = _sample(suite, sampling, out, suite.split, sampling.n_members)
         _log(f"sample {sampling.name}: {info['seconds']:.0f} s, NFE {info['nfe']}")
@@ -685,7 +735,7 @@ def stage_evaluate(suite: Suite, only: str | None) -> None:
     for sampling in _samplings(suite):
         if not _selected(only, sampling):
             continue
-        path = OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
+        path = _samples_path(suite, sampling)
         if not path.exists():
             _log(f"no samples for {sampling.name}: skipped")
             continue
@@ -727,7 +777,7 @@ def stage_gcm(suite: Suite) -> None:
     mask = store["valid_mask"].load().astype(bool)
     obs = store["precip"].sel(time=test_times).load()
     gcm_ds = xr.open_zarr(gcm_store, consolidated=False)
-    ncep_path = OUT / suite.name / "samples" / _slug(edm.name) / "samples.zarr"
+    ncep_path = _samples_path(suite, edm)
     fields = {
         "E-OBS (observed)": obs,
         f"{edm.name}, CNRM-CM5 predictors": xr.open_zarr(out, consolidated=False)["precip"],

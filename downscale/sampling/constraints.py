@@ -18,12 +18,15 @@ as the predictand on the same footprint (not NCEP pr for E-OBS on Iberia).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.sparse
+import xarray as xr
 
+from downscale.data.store import nearest_index, valid_mask
 from downscale.utils.errors import UserError, require
 
 METHODS = ("multiplicative", "additive")
@@ -90,25 +93,52 @@ def conserve(samples: np.ndarray, coarse: np.ndarray, cells: CellMap, method: st
 
 
 class Conservation:
-    """The constraint for the targets of a data module: target ``v`` follows ``coarse_v``."""
+    """The constraint for the ``targets`` of a data store ``ds``: target ``v`` follows ``coarse_v``.
 
-    def __init__(self, datamodule: Any, method: str) -> None:
+    Each fine pixel's cell is its nearest ``coarse_v`` cell, as the data module maps them.
+    """
+
+    def __init__(self, ds: xr.Dataset, targets: Sequence[str], method: str) -> None:
         require(method in METHODS, f"conserve={method} is unknown; use one of {', '.join(METHODS)}")
-        ds, fields = datamodule.ds, datamodule.fields
-        missing = [v for v in datamodule.targets if f"coarse_{v}" not in ds.data_vars]
+        missing = [v for v in targets if f"coarse_{v}" not in ds.data_vars]
         require(
             not missing,
             f"conserve={method} needs the coarse-grained predictand in the store, but it has no "
             f"{', '.join('coarse_' + v for v in missing)}; drop conserve= for this data",
         )
-        coarse_shape = ds[f"coarse_{datamodule.targets[0]}"].shape[-2:]
+        coarse = ds[f"coarse_{targets[0]}"]
+        fine_lat, fine_lon = (ds[d].values for d in ds[targets[0]].dims[-2:])
+        coarse_lat, coarse_lon = (ds[d].values for d in coarse.dims[-2:])
         self.method = method
-        self.coarse = {v: ds[f"coarse_{v}"] for v in datamodule.targets}
+        self.coarse = {v: ds[f"coarse_{v}"] for v in targets}
         self.cells = cell_map(
-            fields.row_index, fields.col_index, coarse_shape, fields.mask, fields.lat
+            nearest_index(fine_lat, coarse_lat),
+            nearest_index(fine_lon, coarse_lon),
+            coarse.shape[-2:],
+            valid_mask(ds, targets[0]),
+            fine_lat,
         )
 
     def __call__(self, name: str, samples: np.ndarray, times: np.ndarray) -> np.ndarray:
         """``samples`` (T, M, H, W) of target ``name`` at store time indices ``times``, conserved."""
         coarse = self.coarse[name].isel(time=np.asarray(times)).values.astype(np.float64)
         return conserve(samples, coarse.reshape(len(times), -1), self.cells, self.method)
+
+
+def conserve_samples(samples: xr.Dataset, store: xr.Dataset, method: str) -> xr.Dataset:
+    """A samples store (``downscale.sample``'s layout) conserved after the fact: the same values as
+    drawing it again with ``conserve=<method>`` (the constraint acts on the stored float32 samples
+    either way), without running the model again."""
+    require(
+        "conserve" not in samples.attrs,
+        f"these samples were drawn with conserve={samples.attrs.get('conserve')} already",
+    )
+    targets = [v for v in samples.data_vars if samples[v].dims[:2] == ("member", "time")]
+    constraint = Conservation(store, targets, method)
+    times = samples["time_index"].values
+    out = samples.copy()
+    for name in targets:
+        values = np.moveaxis(samples[name].values, 0, 1)  # (T, M, H, W)
+        out[name] = samples[name].copy(data=np.moveaxis(constraint(name, values, times), 0, 1))
+    out.attrs["conserve"] = method
+    return out

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import xarray as xr
 
-from downscale.sampling.constraints import Conservation, cell_map, conserve
+from downscale.sampling.constraints import Conservation, cell_map, conserve, conserve_samples
 from downscale.sampling.driver import write_samples
 from downscale.utils.errors import UserError
 from tests.conftest import synthetic_datamodule
@@ -89,7 +87,7 @@ def test_sampled_store_has_the_coarse_predictand_as_its_cell_means(tmp_path):
         sampler(),
         req,
         progress=False,
-        constraint=Conservation(dm, "multiplicative"),
+        constraint=Conservation(dm.ds, dm.targets, "multiplicative"),
     )
     got = xr.open_zarr(req.out, consolidated=False).precip.values  # (M, T, 16, 16)
     coarse = dm.ds["coarse_precip"].values[req.times]  # (T, 4, 4)
@@ -108,10 +106,23 @@ def test_sampled_store_has_the_coarse_predictand_as_its_cell_means(tmp_path):
 
 
 def test_a_store_without_the_coarse_predictand_is_refused():
-    dm = types.SimpleNamespace(
-        ds=xr.Dataset({"precip": (("time", "lat", "lon"), np.zeros((1, 2, 2)))}),
-        fields=None,
-        targets=["precip"],
-    )
+    ds = xr.Dataset({"precip": (("time", "lat", "lon"), np.zeros((1, 2, 2)))})
     with pytest.raises(UserError, match="no coarse_precip"):
-        Conservation(dm, "multiplicative")
+        Conservation(ds, ["precip"], "multiplicative")
+
+
+def test_conserving_a_drawn_store_equals_drawing_with_the_constraint(tmp_path):
+    """conserve_samples on the free draws gives the values a conserve= draw writes (same seed)."""
+    dm = synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
+    free, drawn = request(tmp_path, dm, "free.zarr"), request(tmp_path, dm, "drawn.zarr")
+    write_samples(GaussianModel(), dm, sampler(), free, progress=False)
+    constraint = Conservation(dm.ds, dm.targets, "multiplicative")
+    write_samples(GaussianModel(), dm, sampler(), drawn, progress=False, constraint=constraint)
+    after = conserve_samples(
+        xr.open_zarr(free.out, consolidated=False).load(), dm.ds, "multiplicative"
+    )
+    expected = xr.open_zarr(drawn.out, consolidated=False).precip.values
+    np.testing.assert_array_equal(after.precip.values, expected)
+    assert after.attrs["conserve"] == "multiplicative"
+    with pytest.raises(UserError, match="already"):
+        conserve_samples(after, dm.ds, "multiplicative")

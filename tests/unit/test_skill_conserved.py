@@ -1,0 +1,52 @@
+"""The skill bench's conserved rows: derived from the free row's store, not drawn again."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import xarray as xr
+
+from bench.skill import run as skill
+from downscale.sampling.constraints import Conservation
+from downscale.sampling.driver import write_samples
+from tests.conftest import synthetic_datamodule
+from tests.unit.test_driver import GaussianModel, request, sampler
+
+
+def test_a_conserved_row_is_its_free_draws_conserved(tmp_path, monkeypatch):
+    dm = synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    free = skill.Sampling("free draws", "model", ("sampler=euler",), 3)
+    derived = skill._conserved(free)
+    assert derived.name == "free draws, conserved"
+    assert derived.overrides == ("sampler=euler", "conserve=multiplicative")
+    suite = skill.Suite(
+        "toy", (), "toy.zarr", {"model": "demo"}, (free, derived), {}, "a synthetic grid"
+    )
+    (tmp_path / "skill" / "stores").mkdir(parents=True)
+    shutil.copytree(dm.store, tmp_path / "skill" / "stores" / "toy.zarr")
+    # the free row as the bench records it: a store and its timing
+    source = skill._samples_path(suite, free)
+    write_samples(GaussianModel(), dm, sampler(), request(source.parent, dm), progress=False)
+    setting = skill._setting(skill._sample_overrides(suite, free, source, "test"))
+    n_days = len(dm.split_indices["test"])
+    record = {"seconds": 6.0, "nfe": 4, "n_members": 3, "n_days": n_days, "overrides": setting}
+    (source.parent / "timing.json").write_text(json.dumps(record))
+
+    out = skill._samples_path(suite, derived)
+    info = skill._sample(suite, derived, out, "test", 3)
+
+    drawn = request(tmp_path / "drawn", dm)  # the same request, drawn with the constraint
+    constraint = Conservation(dm.ds, dm.targets, "multiplicative")
+    write_samples(GaussianModel(), dm, sampler(), drawn, progress=False, constraint=constraint)
+    np.testing.assert_array_equal(
+        xr.open_zarr(out, consolidated=False).precip.values,
+        xr.open_zarr(drawn.out, consolidated=False).precip.values,
+    )
+    assert info["conserved_from"] == "free draws" and info["nfe"] == 4
+    assert info["seconds"] == 6.0 + info["conserve_seconds"] > 6.0
+    assert info["seconds_per_member_day"] == info["seconds"] / (3 * n_days)
+    assert "conserve=multiplicative" in info["overrides"]
+    assert skill._sample(suite, derived, out, "test", 3) == info  # reused, not derived again
