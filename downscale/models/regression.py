@@ -35,8 +35,19 @@ class RegressionNet(nn.Module):
         """(B, C, H, W) prediction, through a denoiser wrapper such as tiling when ``wrap`` is
         given (:func:`~downscale.sampling.tiling.tiled_one_shot`); ``anchor``: the inputs' patch
         anchors (B, 2)."""
-        field = cond.new_zeros(cond.shape[0], out_channels, *cond.shape[-2:])
-        return tiled_one_shot(lambda _field, c, a: self(c, anchor=a), field, cond, wrap, anchor)
+        return predict_field(self, cond, out_channels, wrap, anchor)
+
+
+def predict_field(
+    regression: nn.Module,
+    cond: torch.Tensor,
+    out_channels: int,
+    wrap: Callable | None = None,
+    anchor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``regression(cond, anchor=...)`` as a (B, C, H, W) field, through ``wrap`` when given."""
+    field = cond.new_zeros(cond.shape[0], out_channels, *cond.shape[-2:])
+    return tiled_one_shot(lambda _field, c, a: regression(c, anchor=a), field, cond, wrap, anchor)
 
 
 class RegressionModel(DownscaleModule):

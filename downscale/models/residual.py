@@ -19,6 +19,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_info
 from torch import nn
 
 from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges, repeat_members
+from downscale.models.crossfit import FoldedRegression
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
 from downscale.models.regression import RegressionNet
@@ -53,13 +54,26 @@ def regression_state(path: str | Path, out_channels: int, cond_channels: int) ->
     return load_model(checkpoint, path).inference_module().state_dict()
 
 
+def training_mean(
+    regression: nn.Module,
+    cond: torch.Tensor,
+    anchor: torch.Tensor | None,
+    time: torch.Tensor | None,
+) -> torch.Tensor:
+    """The regression mean a training residual is taken from: out of fold when cross-fitted."""
+    if isinstance(regression, FoldedRegression):
+        return regression(cond, anchor=anchor, time=time)
+    return regression(cond, anchor=anchor)
+
+
 @torch.no_grad()
 def residual_std(
     regression: nn.Module, batches: Iterable[dict], device: torch.device, max_batches: int = 100
 ) -> float:
-    """Standard deviation of ``target - regression(cond)`` over valid cells, pooled over the
-    target variables, from at most ``max_batches`` batches: the ``sigma_data`` of the residual
-    denoiser (the residual's counterpart of ``DownscaleDataModule.scaled_target_std``)."""
+    """Standard deviation of ``target - regression(cond)`` (out of fold when cross-fitted) over
+    valid cells, pooled over the target variables, from at most ``max_batches`` batches: the
+    ``sigma_data`` of the residual denoiser (the residual's counterpart of
+    ``DownscaleDataModule.scaled_target_std``)."""
     total = torch.zeros(3, dtype=torch.float64, device=device)  # count, sum, sum of squares
     was_training = regression.training
     regression.eval()
@@ -67,10 +81,11 @@ def residual_std(
         if i >= max_batches:
             break
         target, cond = batch["target"].to(device), batch["cond"].to(device)
-        anchor = batch.get("anchor")
+        anchor, time = (batch.get(k) for k in ("anchor", "time"))
         anchor = None if anchor is None else anchor.to(device)
+        time = None if time is None else time.to(device)
         mask = batch["mask"].to(device).expand_as(target) > 0
-        residual = (target - regression(cond, anchor=anchor)).double()
+        residual = (target - training_mean(regression, cond, anchor, time)).double()
         valid = mask & torch.isfinite(residual)
         values = residual[valid]
         total += torch.stack(
@@ -103,6 +118,9 @@ class ResidualModel(DownscaleModule):
             regression-stage validation with the lowest ``val/regression_loss``, not from its last
             epoch. An overfitted regression leaves training residuals smaller than held-out ones,
             and the residual EDM learns that too-narrow distribution (docs/models.md).
+        cross_fit: K >= 2 trains K regressions, each on all training days but one fold, and the
+            denoiser on out-of-fold residuals (:mod:`downscale.models.crossfit`); 0: one regression.
+        cross_fit_block: consecutive time steps per fold block (30: about a month of days).
     """
 
     #: ``sigma_data=auto`` means the residual's std, which only this model can measure
@@ -122,6 +140,8 @@ class ResidualModel(DownscaleModule):
         regression_trained: bool = False,
         measure_sigma_data: bool = False,
         regression_keep_best: bool = True,
+        cross_fit: int = 0,
+        cross_fit_block: int = 30,
         variable_weights: Sequence[float] | None = None,
         val_seed: int = 1234,
         net_overrides: Mapping[str, Any] | None = None,
@@ -131,15 +151,28 @@ class ResidualModel(DownscaleModule):
         self.out_channels, self.cond_channels = out_channels, cond_channels
         self.mean_conditioning = bool(mean_conditioning)
         extra = out_channels if mean_conditioning else 0
-        regression = RegressionNet(
-            build_net(
-                net,
-                net_overrides,
-                out_channels=out_channels,
-                cond_channels=cond_channels,
-                noisy_channels=0,
-            )
+        require(
+            cross_fit == 0 or cross_fit >= 2,
+            f"model.cross_fit={cross_fit}: use 0 (one regression) or a number of folds >= 2",
         )
+        require(
+            not (cross_fit and regression_ckpt),
+            "model.cross_fit trains its own fold regressions; drop model.regression_ckpt or set "
+            "model.cross_fit=0",
+        )
+        regressions = [
+            RegressionNet(
+                build_net(
+                    net,
+                    net_overrides,
+                    out_channels=out_channels,
+                    cond_channels=cond_channels,
+                    noisy_channels=0,
+                )
+            )
+            for _ in range(max(cross_fit, 1))
+        ]
+        regression = FoldedRegression(regressions, cross_fit_block) if cross_fit else regressions[0]
         denoiser = precond(
             build_net(
                 net,
@@ -189,7 +222,8 @@ class ResidualModel(DownscaleModule):
         return self.body
 
     def compiled_modules(self) -> list[nn.Module]:
-        return [self.body["regression"].net, self.body["denoiser"].net]
+        nets = [m.net for m in self.body["regression"].modules() if isinstance(m, RegressionNet)]
+        return [*nets, self.body["denoiser"].net]
 
     @property
     def denoiser(self) -> nn.Module:
@@ -305,12 +339,17 @@ class ResidualModel(DownscaleModule):
         anchor = batch.get("anchor")
         n = target.shape[0]
         if self.in_regression_stage():
-            loss = self.pixel_loss(self.regression(cond, anchor=anchor), target, mask)
+            if isinstance(self.regression, FoldedRegression):
+                loss = self.regression.fold_loss(
+                    self.pixel_loss, cond, target, mask, batch["time"], anchor
+                )
+            else:
+                loss = self.pixel_loss(self.regression(cond, anchor=anchor), target, mask)
             self.check_finite(loss)
             self.log("train/regression_loss", loss, prog_bar=True, batch_size=n)
         else:
             with torch.no_grad():
-                mean = self.regression(cond, anchor=anchor)
+                mean = training_mean(self.regression, cond, anchor, batch.get("time"))
             out = self.loss_fn(
                 self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask, anchor=anchor
             )

@@ -21,14 +21,20 @@ WHOLE_DOMAIN = [
 ]
 
 
-def test_two_stage_run_measures_the_residual_std(tmp_path_factory):
+@pytest.mark.parametrize("cross_fit", [0, 2])
+def test_two_stage_run_measures_the_residual_std(tmp_path_factory, cross_fit):
+    """With cross_fit=2 the std is of the out-of-fold residuals (each day from the net that did
+    not train on it)."""
     overrides = [
         "model=residual",
         "model.regression_epochs=1",
         "trainer.max_epochs=2",
+        f"model.cross_fit={cross_fit}",
+        "model.cross_fit_block=2",
         *WHOLE_DOMAIN,
     ]
-    with tiny_training(tmp_path_factory, "residual_auto", *overrides) as (root, result):
+    name = f"residual_auto_cf{cross_fit}"
+    with tiny_training(tmp_path_factory, name, *overrides) as (root, result):
         checkpoint = load_checkpoint(result["last_ckpt"])
         config = checkpoint["downscale"]["config"]
         measured = config["model"]["precond"]["sigma_data"]
@@ -43,7 +49,8 @@ def test_two_stage_run_measures_the_residual_std(tmp_path_factory):
         values = []
         with torch.no_grad():
             for b in datamodule.train_dataloader():
-                r = (b["target"] - model.regression(b["cond"])).numpy()
+                oof = {"time": b["time"]} if cross_fit else {}
+                r = (b["target"] - model.regression(b["cond"], **oof)).numpy()
                 values.append(r[b["mask"].expand_as(b["target"]).numpy() > 0])
         expected = np.concatenate(values).std()
         provisional = datamodule.scaled_target_std()

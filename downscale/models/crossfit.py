@@ -1,0 +1,91 @@
+"""Cross-fitted regression means for the residual model (``model.cross_fit=K``).
+
+A regression trained on the days it predicts leaves residuals narrower than on unseen days (it fits
+part of their noise), and a residual denoiser trained on them learns too narrow an ensemble. Cross-
+fitting (Chernozhukov et al. 2018, "Double/debiased machine learning", section 3) splits the training
+days into K folds of consecutive time blocks; net k trains on every fold but k, and the residual of a
+day in fold k is taken from net k, which never saw it. New days (validation, sampling) get the mean of
+the K nets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from downscale.models.regression import RegressionNet, predict_field
+from downscale.utils.errors import require
+
+
+def time_folds(time: torch.Tensor, n_folds: int, block: int) -> torch.Tensor:
+    """The fold of each store time index: consecutive blocks of ``block`` steps, dealt to the folds
+    in turn (blocks keep neighbouring, correlated days in one fold)."""
+    return torch.div(time, block, rounding_mode="floor") % n_folds
+
+
+class FoldedRegression(nn.Module):
+    """K regression nets; ``forward`` without ``time`` is their mean, with ``time`` each sample's
+    out-of-fold prediction."""
+
+    def __init__(self, nets: Sequence[RegressionNet], block: int) -> None:
+        super().__init__()
+        require(len(nets) >= 2, f"cross-fitting needs at least 2 folds, got {len(nets)}")
+        require(block >= 1, f"model.cross_fit_block must be >= 1 time steps, got {block}")
+        self.folds = nn.ModuleList(nets)
+        self.block = int(block)
+
+    def fold_of(self, time: torch.Tensor) -> torch.Tensor:
+        return time_folds(time, len(self.folds), self.block)
+
+    def forward(
+        self,
+        cond: torch.Tensor,
+        anchor: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if time is None:
+            return torch.stack([net(cond, anchor=anchor) for net in self.folds]).mean(0)
+        fold = self.fold_of(time)
+        out: torch.Tensor | None = None
+        for k, net in enumerate(self.folds):
+            rows = torch.nonzero(fold == k).squeeze(1)
+            if rows.numel() == 0:
+                continue
+            pred = net(cond[rows], anchor=None if anchor is None else anchor[rows])
+            if out is None:
+                out = pred.new_zeros(cond.shape[0], *pred.shape[1:])
+            out[rows] = pred
+        assert out is not None  # every sample is in some fold
+        return out
+
+    def fold_loss(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        cond: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        time: torch.Tensor,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean over the nets of each net's loss on the samples outside its fold."""
+        fold = self.fold_of(time)
+        losses = []
+        for k, net in enumerate(self.folds):
+            rows = torch.nonzero(fold != k).squeeze(1)
+            if rows.numel() == 0:  # a batch from fold k alone: nothing for net k to learn
+                continue
+            pred = net(cond[rows], anchor=None if anchor is None else anchor[rows])
+            losses.append(loss_fn(pred, target[rows], mask[rows]))
+        return torch.stack(losses).mean()
+
+    def predict(
+        self,
+        cond: torch.Tensor,
+        out_channels: int,
+        wrap: Callable | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mean of the nets over new inputs, through ``wrap`` (tiling) as ``RegressionNet``'s."""
+        return predict_field(self, cond, out_channels, wrap, anchor)
