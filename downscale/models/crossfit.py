@@ -39,6 +39,16 @@ class FoldedRegression(nn.Module):
     def fold_of(self, time: torch.Tensor) -> torch.Tensor:
         return time_folds(time, len(self.folds), self.block)
 
+    def check_folds(self, train_times: torch.Tensor) -> None:
+        """Every fold must hold training steps (else a net would predict its days untrained)."""
+        counts = torch.bincount(self.fold_of(train_times), minlength=len(self.folds))
+        require(
+            bool((counts > 0).all()),
+            f"model.cross_fit={len(self.folds)} with cross_fit_block={self.block} leaves a fold "
+            f"without training steps ({counts.tolist()} of {len(train_times)}); lower "
+            "model.cross_fit_block or model.cross_fit",
+        )
+
     def forward(
         self,
         cond: torch.Tensor,

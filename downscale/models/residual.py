@@ -250,6 +250,10 @@ class ResidualModel(DownscaleModule):
             f"trainer.max_epochs={max_epochs} leaves no residual stage after "
             f"model.regression_epochs={self.regression_epochs}; raise max_epochs",
         )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train = getattr(datamodule, "split_indices", {}).get("train")
+        if isinstance(self.regression, FoldedRegression) and train is not None:
+            self.regression.check_folds(torch.as_tensor(train))
 
     def on_train_epoch_start(self) -> None:
         """Entering the residual stage: the regression takes its chosen weights (the best

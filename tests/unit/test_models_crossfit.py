@@ -84,3 +84,8 @@ def test_cross_fit_settings_that_cannot_work_are_user_errors(tmp_path):
         make(cross_fit=2, regression_ckpt=str(tmp_path / "r.ckpt"))
     with pytest.raises(UserError, match="cross_fit_block"):
         make(cross_fit=2, cross_fit_block=0)
+    # 28 radar frames in blocks of 30: fold 1 would hold nothing
+    model = make(cross_fit=2, cross_fit_block=30)
+    with pytest.raises(UserError, match=r"\[28, 0\] of 28.*lower model.cross_fit_block"):
+        model.regression.check_folds(torch.arange(28))
+    make(cross_fit=2, cross_fit_block=4).regression.check_folds(torch.arange(28))

@@ -200,7 +200,7 @@ def test_init_from_fine_tunes_and_refuses_mismatches(tmp_path, cache_dir):
         build(wrong_model)
 
 
-def test_residual_two_stages_in_one_run(tmp_path, cache_dir):
+def test_residual_two_stages_in_one_run(tmp_path, cache_dir, capsys):
     _train(tmp_path, ["model=residual", "model.regression_epochs=1", "trainer.max_epochs=2"])
     rows = [r for r in _rows(tmp_path / "metrics.csv") if r.get("val/loss")]
     assert [r["epoch"] for r in rows] == ["0", "1"]
@@ -209,6 +209,15 @@ def test_residual_two_stages_in_one_run(tmp_path, cache_dir):
     assert rows[0]["val/regression_loss"] == rows[1]["val/regression_loss"]
     with pytest.raises(SystemExit):
         _train(tmp_path / "short", ["model=residual", "model.regression_epochs=2"])
+    # a cross-fit fold without training days stops before training, with one line
+    one_fold = ["model.cross_fit=2", "model.cross_fit_block=100000"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _train(
+            tmp_path / "cf",
+            ["model=residual", "model.regression_epochs=1", "trainer.max_epochs=2", *one_fold],
+        )
+    assert "leaves a fold without training steps" in capsys.readouterr().err
 
 
 def test_diverging_run_stops_with_one_line(tmp_path, cache_dir, capsys):
