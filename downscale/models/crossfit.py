@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from downscale.models.regression import RegressionNet, predict_field
+from downscale.models.regression import FieldPredictor, RegressionNet
 from downscale.utils.errors import require
 
 
@@ -25,9 +25,9 @@ def time_folds(time: torch.Tensor, n_folds: int, block: int) -> torch.Tensor:
     return torch.div(time, block, rounding_mode="floor") % n_folds
 
 
-class FoldedRegression(nn.Module):
-    """K regression nets; ``forward`` without ``time`` is their mean, with ``time`` each sample's
-    out-of-fold prediction."""
+class FoldedRegression(FieldPredictor):
+    """K regression nets; ``forward`` without ``time`` is their mean (what ``predict`` gives new
+    days), with ``time`` each sample's out-of-fold prediction."""
 
     def __init__(self, nets: Sequence[RegressionNet], block: int) -> None:
         super().__init__()
@@ -89,13 +89,3 @@ class FoldedRegression(nn.Module):
             pred = net(cond[rows], anchor=None if anchor is None else anchor[rows])
             losses.append(loss_fn(pred, target[rows], mask[rows]))
         return torch.stack(losses).mean()
-
-    def predict(
-        self,
-        cond: torch.Tensor,
-        out_channels: int,
-        wrap: Callable | None = None,
-        anchor: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The mean of the nets over new inputs, through ``wrap`` (tiling) as ``RegressionNet``'s."""
-        return predict_field(self, cond, out_channels, wrap, anchor)

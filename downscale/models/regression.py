@@ -14,16 +14,8 @@ from downscale.sampling.tiling import tiled_one_shot
 from downscale.utils.errors import require
 
 
-class RegressionNet(nn.Module):
-    """``y_hat = F(cond)``: a UNet with ``noisy_channels=0`` called with ``x=None`` and no noise label
-    (its noise embedding is then a learned constant)."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, cond: torch.Tensor, **net_kwargs: Any) -> torch.Tensor:
-        return self.net(None, None, cond, **net_kwargs).to(torch.float32)
+class FieldPredictor(nn.Module):
+    """A module ``f(cond, anchor=...)`` that predicts a field over large inputs as well."""
 
     def predict(
         self,
@@ -35,19 +27,38 @@ class RegressionNet(nn.Module):
         """(B, C, H, W) prediction, through a denoiser wrapper such as tiling when ``wrap`` is
         given (:func:`~downscale.sampling.tiling.tiled_one_shot`); ``anchor``: the inputs' patch
         anchors (B, 2)."""
-        return predict_field(self, cond, out_channels, wrap, anchor)
+        field = cond.new_zeros(cond.shape[0], out_channels, *cond.shape[-2:])
+        return tiled_one_shot(lambda _field, c, a: self(c, anchor=a), field, cond, wrap, anchor)
 
 
-def predict_field(
-    regression: nn.Module,
-    cond: torch.Tensor,
+class RegressionNet(FieldPredictor):
+    """``y_hat = F(cond)``: a UNet with ``noisy_channels=0`` called with ``x=None`` and no noise label
+    (its noise embedding is then a learned constant)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, cond: torch.Tensor, **net_kwargs: Any) -> torch.Tensor:
+        return self.net(None, None, cond, **net_kwargs).to(torch.float32)
+
+
+def regression_net(
+    net: Callable[..., nn.Module],
+    net_overrides: Mapping[str, Any] | None,
     out_channels: int,
-    wrap: Callable | None = None,
-    anchor: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``regression(cond, anchor=...)`` as a (B, C, H, W) field, through ``wrap`` when given."""
-    field = cond.new_zeros(cond.shape[0], out_channels, *cond.shape[-2:])
-    return tiled_one_shot(lambda _field, c, a: regression(c, anchor=a), field, cond, wrap, anchor)
+    cond_channels: int,
+) -> RegressionNet:
+    """A ``RegressionNet`` around a net of the ``conf/net`` factory (no noisy channels)."""
+    return RegressionNet(
+        build_net(
+            net,
+            net_overrides,
+            out_channels=out_channels,
+            cond_channels=cond_channels,
+            noisy_channels=0,
+        )
+    )
 
 
 class RegressionModel(DownscaleModule):
@@ -77,15 +88,7 @@ class RegressionModel(DownscaleModule):
     ) -> None:
         super().__init__(**base)
         self.out_channels, self.cond_channels = out_channels, cond_channels
-        self.regressor = RegressionNet(
-            build_net(
-                net,
-                net_overrides,
-                out_channels=out_channels,
-                cond_channels=cond_channels,
-                noisy_channels=0,
-            )
-        )
+        self.regressor = regression_net(net, net_overrides, out_channels, cond_channels)
         self.loss_fn = PixelLoss(loss, variable_weights, trim)
         self.setup_ema()
         self.maybe_compile()

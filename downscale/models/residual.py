@@ -22,7 +22,7 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.crossfit import FoldedRegression
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
-from downscale.models.regression import RegressionNet
+from downscale.models.regression import RegressionNet, regression_net
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
 
@@ -161,15 +161,7 @@ class ResidualModel(DownscaleModule):
             "model.cross_fit=0",
         )
         regressions = [
-            RegressionNet(
-                build_net(
-                    net,
-                    net_overrides,
-                    out_channels=out_channels,
-                    cond_channels=cond_channels,
-                    noisy_channels=0,
-                )
-            )
+            regression_net(net, net_overrides, out_channels, cond_channels)
             for _ in range(max(cross_fit, 1))
         ]
         regression = FoldedRegression(regressions, cross_fit_block) if cross_fit else regressions[0]
