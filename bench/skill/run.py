@@ -126,6 +126,8 @@ _RADAR_RESIDUAL = Sampling(
     (*_DPMPP_10, *_TILES_64),
     4,
 )
+# one-shot like the regression, tiled like it; 8 members like RainFARM and the analogs
+_RADAR_GAN = Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8)
 
 _IBERIA_BASELINES: dict[str, dict[str, Any]] = {
     "bilinear NCEP pr": {
@@ -365,11 +367,10 @@ SUITES: dict[str, Suite] = {
             ),
             _RADAR_EDM,
             _RADAR_RESIDUAL,
-            # one-shot like the regression, tiled like it; 8 members like RainFARM and the analogs
-            Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8),
+            _RADAR_GAN,
             # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
             # the target's block mean; docs/sampling.md, "Conservation")
-            *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL)),
+            *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL, _RADAR_GAN)),
         ),
         baselines={
             "nearest": {"_target_": f"{_B}.nearest_baseline"},
