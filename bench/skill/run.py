@@ -388,6 +388,10 @@ SUITES: dict[str, Suite] = {
             "evaluation.metrics.fss.thresholds=[1.0]",
             "evaluation.metrics.fss.scales=[16]",
         ),
+        note="The `, conserved` rows are their free rows' draws with each 8 x 8 block's mean set to "
+        "the coarse field after the fact (`conserve_samples`, docs/sampling.md): the values the "
+        "`conserve=multiplicative` commands below draw, without running the model again; their "
+        "sampling time is the free draw's plus the constraint's.",
         anchor_domain="the whole 2048 x 4096 domain (not the crop: the crop's column is not comparable)",
         anchor_check="radar_full/anchors_check.json",
         anchors={
