@@ -56,8 +56,9 @@ class Sampling:
     n_members: int = 8
     # an ablation row (how we got to the core setting): run only with --ablations
     ablation: bool = False
-    # the free row whose draws this row conserves after the fact (see _conserved)
-    conserved_from: str | None = None
+    # the row whose store this row is derived from, without running the model (_derive_draws):
+    # its first n_members members, conserved when the overrides add conserve=
+    derived_from: str | None = None
 
 
 def _conserved(source: Sampling, method: str = "multiplicative") -> Sampling:
@@ -67,8 +68,15 @@ def _conserved(source: Sampling, method: str = "multiplicative") -> Sampling:
         source,
         name=f"{source.name}, conserved",
         overrides=(*source.overrides, f"conserve={method}"),
-        conserved_from=source.name,
+        derived_from=source.name,
     )
+
+
+def _first_members(source: Sampling, name: str, n_members: int) -> Sampling:
+    """The first ``n_members`` of ``source``'s draws: each member is seeded by (seed, day, member),
+    so they are the draws of an ``n_members`` run (equal to 3e-4 mm/day, float32 batch-shape
+    noise, on Iberia's residual EDM)."""
+    return dataclasses.replace(source, name=name, n_members=n_members, derived_from=source.name)
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,13 @@ _IBERIA_ANCHORS = {
     "analogs 16 (psl, pr, hus850, ta850)": {"crps": 0.92, "spread_skill": 1.05, "q99": 20.6},
 }
 
+_IBERIA_RESIDUAL_32 = Sampling(
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
+    "residual",
+    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+    32,
+)
+
 # how the iberia_gpu rows were trained (one 15-minute GPU lease; see the suite)
 _LEASE = "model.regression_keep_best=false +trainer.max_time=00:00:05:10"
 
@@ -260,20 +275,12 @@ SUITES: dict[str, Suite] = {
                 ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
                 16,
             ),
-            Sampling(
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members",
-                "residual",
-                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
-                16,
-            ),
             # the ensemble CRPS estimator favours larger ensembles (its excess over the limit is
             # about E|X - X'| / 2M): the 16-member row compares like for like with the baselines
-            Sampling(
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
-                "residual",
-                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
-                32,
+            _first_members(
+                _IBERIA_RESIDUAL_32, "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members", 16
             ),
+            _IBERIA_RESIDUAL_32,
             Sampling(
                 "EDM long, dpm2_heun 20 steps (39 NFE), 4 members",
                 "edm_long",
@@ -475,10 +482,16 @@ def stage_build(suite: Suite) -> None:
             _log(f"store {path}")
 
 
+# the bench trains without the sample panels: images only, drawn with their own generators (the
+# weights are the same), which cost 2-4 min of the budget
+_BENCH_TRAIN = ("~callbacks.sample_panels",)
+
+
 def _train_overrides(suite: Suite, model: str) -> list[str]:
-    """The training overrides of a suite's model: its experiment, its own overrides, the suite's."""
+    """The training overrides of a suite's model: its experiment, its own overrides, the bench's,
+    the suite's."""
     experiment, *own = suite.models[model].split()
-    return [f"experiment={experiment}", *own, *suite.train_overrides]
+    return [f"experiment={experiment}", *own, *_BENCH_TRAIN, *suite.train_overrides]
 
 
 def _train_dir(suite: Suite, model: str) -> Path:
@@ -559,8 +572,8 @@ def _sample(
     info = _recorded(out, setting)
     if info is not None:
         return info
-    if sampling.conserved_from:
-        return _conserve_draws(suite, sampling, out, split, setting)
+    if sampling.derived_from:
+        return _derive_draws(suite, sampling, out, split, setting)
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
@@ -577,32 +590,41 @@ def _sample(
     return info
 
 
-def _conserve_draws(
+def _derive_draws(
     suite: Suite, sampling: Sampling, out: Path, split: str, setting: list[str]
 ) -> dict:
-    """A conserved row from its free row's store (drawn first if missing): the constraint is a
-    deterministic post-processing of the same draws, so the model does not run again. Its time is
-    the free draw's plus the constraint's."""
+    """A row from its source row's store (drawn first if missing): the first ``n_members``
+    members, conserved when its overrides say ``conserve=``. Post-processing of the same draws, so
+    the model does not run again; its time is the share of the source draw that its members cost,
+    plus the post-processing."""
     from downscale.sampling.constraints import conserve_samples
     from downscale.utils.atomic import atomic_path
 
-    source = next(s for s in suite.samplings if s.name == sampling.conserved_from)
+    source = next(s for s in suite.samplings if s.name == sampling.derived_from)
+    if sampling.n_members > source.n_members:
+        sys.exit(f"error: {sampling.name} asks for more members than {source.name} has")
     source_out = _samples_path(suite, source)
-    drawn = _sample(suite, source, source_out, split, sampling.n_members)
-    method = next(o.split("=", 1)[1] for o in sampling.overrides if o.startswith("conserve="))
+    drawn = _sample(suite, source, source_out, split, source.n_members)
+    method = next(
+        (o.split("=", 1)[1] for o in sampling.overrides if o.startswith("conserve=")), None
+    )
     start = time.perf_counter()
-    free = xr.open_zarr(source_out, consolidated=False).load()
-    store = xr.open_zarr(OUT / "stores" / suite.store, consolidated=False)
+    ds = xr.open_zarr(source_out, consolidated=False).isel(member=slice(0, sampling.n_members))
+    ds = ds.load()
+    if method:
+        store = xr.open_zarr(OUT / "stores" / suite.store, consolidated=False)
+        ds = conserve_samples(ds, store, method)
     with atomic_path(out) as tmp:
-        conserve_samples(free, store, method).to_zarr(tmp, consolidated=False, zarr_format=3)
+        ds.to_zarr(tmp, consolidated=False, zarr_format=3)
     seconds = time.perf_counter() - start
-    total = drawn["seconds"] + seconds
+    total = drawn["seconds"] * sampling.n_members / source.n_members + seconds
     info = {
         **drawn,
+        "n_members": sampling.n_members,
         "seconds": total,
-        "seconds_per_member_day": total / (drawn["n_members"] * drawn["n_days"]),
-        "conserve_seconds": seconds,
-        "conserved_from": source.name,
+        "seconds_per_member_day": total / (sampling.n_members * drawn["n_days"]),
+        "derive_seconds": seconds,
+        "derived_from": source.name,
         "overrides": setting,
     }
     _write_json(out.parent / "timing.json", info)

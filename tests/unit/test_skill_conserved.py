@@ -1,4 +1,5 @@
-"""The skill bench's conserved rows: derived from the free row's store, not drawn again."""
+"""The skill bench's derived rows: conserved draws and member subsets come from their source row's
+store, not from drawing again."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 import xarray as xr
 
 from bench.skill import run as skill
@@ -45,8 +47,38 @@ def test_a_conserved_row_is_its_free_draws_conserved(tmp_path, monkeypatch):
         xr.open_zarr(out, consolidated=False).precip.values,
         xr.open_zarr(drawn.out, consolidated=False).precip.values,
     )
-    assert info["conserved_from"] == "free draws" and info["nfe"] == 4
-    assert info["seconds"] == 6.0 + info["conserve_seconds"] > 6.0
+    assert info["derived_from"] == "free draws" and info["nfe"] == 4
+    assert info["seconds"] == 6.0 + info["derive_seconds"] > 6.0
     assert info["seconds_per_member_day"] == info["seconds"] / (3 * n_days)
     assert "conserve=multiplicative" in info["overrides"]
     assert skill._sample(suite, derived, out, "test", 3) == info  # reused, not derived again
+
+
+def test_a_smaller_row_is_the_first_members_of_a_larger_draw(tmp_path, monkeypatch):
+    dm = synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    big = skill.Sampling("three members", "model", ("sampler=euler",), 3)
+    small = skill._first_members(big, "two members", 2)
+    suite = skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, (small, big), {}, "a grid")
+    source = skill._samples_path(suite, big)
+    write_samples(GaussianModel(), dm, sampler(), request(source.parent, dm), progress=False)
+    setting = skill._setting(skill._sample_overrides(suite, big, source, "test"))
+    n_days = len(dm.split_indices["test"])
+    record = {"seconds": 6.0, "nfe": 4, "n_members": 3, "n_days": n_days, "overrides": setting}
+    (source.parent / "timing.json").write_text(json.dumps(record))
+
+    out = skill._samples_path(suite, small)
+    info = skill._sample(suite, small, out, "test", 2)
+
+    drawn = request(tmp_path / "two", dm, n_members=2)  # an independent 2-member draw
+    write_samples(GaussianModel(), dm, sampler(), drawn, progress=False)
+    np.testing.assert_array_equal(
+        xr.open_zarr(out, consolidated=False).precip.values,
+        xr.open_zarr(drawn.out, consolidated=False).precip.values,
+    )
+    assert info["n_members"] == 2 and "n_members=2" in info["overrides"]
+    # two thirds of the source's time, plus the copy
+    assert info["seconds"] == pytest.approx(4.0 + info["derive_seconds"])
+    too_many = skill._first_members(big, "four members", 4)
+    with pytest.raises(SystemExit, match="more members"):
+        skill._sample(suite, too_many, skill._samples_path(suite, too_many), "test", 4)
