@@ -482,16 +482,17 @@ def stage_build(suite: Suite) -> None:
             _log(f"store {path}")
 
 
-# the bench trains without the sample panels: images only, drawn with their own generators (the
-# weights are the same), which cost 2-4 min of the budget
+# the CPU bench trains without the sample panels: images only, drawn with their own generators (the
+# weights are the same), which cost minutes of the CPU budget (GPU suites keep them)
 _BENCH_TRAIN = ("~callbacks.sample_panels",)
 
 
 def _train_overrides(suite: Suite, model: str) -> list[str]:
-    """The training overrides of a suite's model: its experiment, its own overrides, the bench's,
-    the suite's."""
+    """The training overrides of a suite's model: its experiment, its own overrides, the CPU
+    bench's, the suite's."""
     experiment, *own = suite.models[model].split()
-    return [f"experiment={experiment}", *own, *_BENCH_TRAIN, *suite.train_overrides]
+    bench = () if suite.gpu else _BENCH_TRAIN
+    return [f"experiment={experiment}", *own, *bench, *suite.train_overrides]
 
 
 def _train_dir(suite: Suite, model: str) -> Path:
