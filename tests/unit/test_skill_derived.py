@@ -16,6 +16,32 @@ from downscale.sampling.driver import write_samples
 from tests.conftest import synthetic_datamodule
 from tests.unit.test_driver import GaussianModel, request, sampler
 
+SOURCE_SECONDS = 6.0
+
+
+def toy_suite(tmp_path, dm, samplings) -> skill.Suite:
+    """A suite over the synthetic store, with the bench's outputs below ``tmp_path / "skill"``."""
+    (tmp_path / "skill" / "stores").mkdir(parents=True)
+    shutil.copytree(dm.store, tmp_path / "skill" / "stores" / "toy.zarr")
+    return skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, tuple(samplings), {}, "a grid")
+
+
+def record_draw(suite, dm, sampling) -> int:
+    """``sampling``'s store and timing record as the bench leaves them; returns the day count."""
+    source = skill._samples_path(suite, sampling)
+    req = request(source.parent, dm, n_members=sampling.n_members)
+    write_samples(GaussianModel(), dm, sampler(), req, progress=False)
+    n_days = len(dm.split_indices["test"])
+    record = {
+        "seconds": SOURCE_SECONDS,
+        "nfe": 4,
+        "n_members": sampling.n_members,
+        "n_days": n_days,
+        "overrides": skill._setting(skill._sample_overrides(suite, sampling, source, "test")),
+    }
+    (source.parent / "timing.json").write_text(json.dumps(record))
+    return n_days
+
 
 def test_a_conserved_row_is_its_free_draws_conserved(tmp_path, monkeypatch):
     dm = synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
@@ -24,18 +50,8 @@ def test_a_conserved_row_is_its_free_draws_conserved(tmp_path, monkeypatch):
     derived = skill._conserved(free)
     assert derived.name == "free draws, conserved"
     assert derived.overrides == ("sampler=euler", "conserve=multiplicative")
-    suite = skill.Suite(
-        "toy", (), "toy.zarr", {"model": "demo"}, (free, derived), {}, "a synthetic grid"
-    )
-    (tmp_path / "skill" / "stores").mkdir(parents=True)
-    shutil.copytree(dm.store, tmp_path / "skill" / "stores" / "toy.zarr")
-    # the free row as the bench records it: a store and its timing
-    source = skill._samples_path(suite, free)
-    write_samples(GaussianModel(), dm, sampler(), request(source.parent, dm), progress=False)
-    setting = skill._setting(skill._sample_overrides(suite, free, source, "test"))
-    n_days = len(dm.split_indices["test"])
-    record = {"seconds": 6.0, "nfe": 4, "n_members": 3, "n_days": n_days, "overrides": setting}
-    (source.parent / "timing.json").write_text(json.dumps(record))
+    suite = toy_suite(tmp_path, dm, (free, derived))
+    n_days = record_draw(suite, dm, free)
 
     out = skill._samples_path(suite, derived)
     info = skill._sample(suite, derived, out, "test", 3)
@@ -48,7 +64,7 @@ def test_a_conserved_row_is_its_free_draws_conserved(tmp_path, monkeypatch):
         xr.open_zarr(drawn.out, consolidated=False).precip.values,
     )
     assert info["derived_from"] == "free draws" and info["nfe"] == 4
-    assert info["seconds"] == 6.0 + info["derive_seconds"] > 6.0
+    assert info["seconds"] == SOURCE_SECONDS + info["derive_seconds"] > SOURCE_SECONDS
     assert info["seconds_per_member_day"] == info["seconds"] / (3 * n_days)
     assert "conserve=multiplicative" in info["overrides"]
     assert skill._sample(suite, derived, out, "test", 3) == info  # reused, not derived again
@@ -59,13 +75,8 @@ def test_a_smaller_row_is_the_first_members_of_a_larger_draw(tmp_path, monkeypat
     monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
     big = skill.Sampling("three members", "model", ("sampler=euler",), 3)
     small = skill._first_members(big, "two members", 2)
-    suite = skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, (small, big), {}, "a grid")
-    source = skill._samples_path(suite, big)
-    write_samples(GaussianModel(), dm, sampler(), request(source.parent, dm), progress=False)
-    setting = skill._setting(skill._sample_overrides(suite, big, source, "test"))
-    n_days = len(dm.split_indices["test"])
-    record = {"seconds": 6.0, "nfe": 4, "n_members": 3, "n_days": n_days, "overrides": setting}
-    (source.parent / "timing.json").write_text(json.dumps(record))
+    suite = toy_suite(tmp_path, dm, (small, big))
+    record_draw(suite, dm, big)
 
     out = skill._samples_path(suite, small)
     info = skill._sample(suite, small, out, "test", 2)
@@ -78,7 +89,7 @@ def test_a_smaller_row_is_the_first_members_of_a_larger_draw(tmp_path, monkeypat
     )
     assert info["n_members"] == 2 and "n_members=2" in info["overrides"]
     # two thirds of the source's time, plus the copy
-    assert info["seconds"] == pytest.approx(4.0 + info["derive_seconds"])
+    assert info["seconds"] == pytest.approx(SOURCE_SECONDS * 2 / 3 + info["derive_seconds"])
     too_many = skill._first_members(big, "four members", 4)
     with pytest.raises(SystemExit, match="more members"):
         skill._sample(suite, too_many, skill._samples_path(suite, too_many), "test", 4)
