@@ -229,6 +229,9 @@ SUITES: dict[str, Suite] = {
             "edm_sd": "iberia_edm_sd",
             "edm_long": "iberia_edm_long",
             "residual": "iberia_residual",
+            # notes item 19: square-root target and a cross-fitted mean (ablation rows)
+            "residual_sqrt_cf": "iberia_residual model.cross_fit=2 "
+            "data.variables.precip._target_=downscale.data.scaling.SqrtScaler",
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -281,6 +284,16 @@ SUITES: dict[str, Suite] = {
                 _IBERIA_RESIDUAL_32, "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members", 16
             ),
             _IBERIA_RESIDUAL_32,
+            *(
+                Sampling(
+                    f"residual EDM, sqrt target, cross-fit 2, dpmpp_2m 10 (10 NFE), {m} members",
+                    "residual_sqrt_cf",
+                    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+                    m,
+                    ablation=True,
+                )
+                for m in (16, 32)
+            ),
             Sampling(
                 "EDM long, dpm2_heun 20 steps (39 NFE), 4 members",
                 "edm_long",
