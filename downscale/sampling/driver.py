@@ -322,6 +322,7 @@ def write_samples(
     computed = ranks.sum(len(mine))
     ranks.barrier()  # every rank's blocks are written
     nfe = _recorded_nfe(blocks)
+    ranks.barrier()  # every rank has read the block records before rank 0 removes them
     if ranks.rank == 0:
         zarr.open_group(partial, mode="r+").attrs["nfe"] = nfe
         replace(partial, request.out)
