@@ -70,16 +70,27 @@ class FoldedRegression(FieldPredictor):
         assert out is not None  # every sample is in some fold
         return out
 
-    def fold_loss(
+    def training_mean(
+        self,
+        cond: torch.Tensor,
+        anchor: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each training sample's out-of-fold mean."""
+        require(time is not None, "a cross-fitted regression needs the batch's time indices")
+        return self(cond, anchor=anchor, time=time)
+
+    def training_loss(
         self,
         loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         cond: torch.Tensor,
         target: torch.Tensor,
         mask: torch.Tensor,
-        time: torch.Tensor,
+        time: torch.Tensor | None = None,
         anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean over the nets of each net's loss on the samples outside its fold."""
+        require(time is not None, "a cross-fitted regression needs the batch's time indices")
         fold = self.fold_of(time)
         losses = []
         for k, net in enumerate(self.folds):

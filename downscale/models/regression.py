@@ -15,7 +15,30 @@ from downscale.utils.errors import require
 
 
 class FieldPredictor(nn.Module):
-    """A module ``f(cond, anchor=...)`` that predicts a field over large inputs as well."""
+    """A regression ``f(cond, anchor=...)`` of a field on its predictors: its prediction over large
+    inputs, and the mean and loss of a training batch (which a cross-fitted regression,
+    :class:`~downscale.models.crossfit.FoldedRegression`, takes out of fold)."""
+
+    def training_mean(
+        self,
+        cond: torch.Tensor,
+        anchor: torch.Tensor | None = None,
+        time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The mean a training sample's residual is taken from (``time``: its store time index)."""
+        return self(cond, anchor=anchor)
+
+    def training_loss(
+        self,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        cond: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor,
+        time: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``loss_fn(prediction, target, mask)`` of a training batch."""
+        return loss_fn(self(cond, anchor=anchor), target, mask)
 
     def predict(
         self,

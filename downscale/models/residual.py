@@ -22,7 +22,7 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.crossfit import FoldedRegression
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
-from downscale.models.regression import RegressionNet, regression_net
+from downscale.models.regression import FieldPredictor, RegressionNet, regression_net
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
 
@@ -54,21 +54,12 @@ def regression_state(path: str | Path, out_channels: int, cond_channels: int) ->
     return load_model(checkpoint, path).inference_module().state_dict()
 
 
-def training_mean(
-    regression: nn.Module,
-    cond: torch.Tensor,
-    anchor: torch.Tensor | None,
-    time: torch.Tensor | None,
-) -> torch.Tensor:
-    """The regression mean a training residual is taken from: out of fold when cross-fitted."""
-    if isinstance(regression, FoldedRegression):
-        return regression(cond, anchor=anchor, time=time)
-    return regression(cond, anchor=anchor)
-
-
 @torch.no_grad()
 def residual_std(
-    regression: nn.Module, batches: Iterable[dict], device: torch.device, max_batches: int = 100
+    regression: FieldPredictor,
+    batches: Iterable[dict],
+    device: torch.device,
+    max_batches: int = 100,
 ) -> float:
     """Standard deviation of ``target - regression(cond)`` (out of fold when cross-fitted) over
     valid cells, pooled over the target variables, from at most ``max_batches`` batches: the
@@ -85,7 +76,7 @@ def residual_std(
         anchor = None if anchor is None else anchor.to(device)
         time = None if time is None else time.to(device)
         mask = batch["mask"].to(device).expand_as(target) > 0
-        residual = (target - training_mean(regression, cond, anchor, time)).double()
+        residual = (target - regression.training_mean(cond, anchor, time)).double()
         valid = mask & torch.isfinite(residual)
         values = residual[valid]
         total += torch.stack(
@@ -335,17 +326,14 @@ class ResidualModel(DownscaleModule):
         anchor = batch.get("anchor")
         n = target.shape[0]
         if self.in_regression_stage():
-            if isinstance(self.regression, FoldedRegression):
-                loss = self.regression.fold_loss(
-                    self.pixel_loss, cond, target, mask, batch["time"], anchor
-                )
-            else:
-                loss = self.pixel_loss(self.regression(cond, anchor=anchor), target, mask)
+            loss = self.regression.training_loss(
+                self.pixel_loss, cond, target, mask, batch.get("time"), anchor
+            )
             self.check_finite(loss)
             self.log("train/regression_loss", loss, prog_bar=True, batch_size=n)
         else:
             with torch.no_grad():
-                mean = training_mean(self.regression, cond, anchor, batch.get("time"))
+                mean = self.regression.training_mean(cond, anchor, batch.get("time"))
             out = self.loss_fn(
                 self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask, anchor=anchor
             )

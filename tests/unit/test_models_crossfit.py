@@ -47,7 +47,7 @@ def test_a_net_learns_nothing_from_its_own_fold():
     b = batch(b=2)
     loss_fn = PixelLoss("mse")
     time = torch.tensor([0, 1])  # both days in fold 0: only net 1 trains on them
-    loss = model.fold_loss(loss_fn, b["cond"], b["target"], b["mask"], time)
+    loss = model.training_loss(loss_fn, b["cond"], b["target"], b["mask"], time)
     loss.backward()
     assert all(p.grad is None for p in model.folds[0].parameters())
     assert any(p.grad.abs().sum() > 0 for p in model.folds[1].parameters())
@@ -84,6 +84,8 @@ def test_cross_fit_settings_that_cannot_work_are_user_errors(tmp_path):
         make(cross_fit=2, regression_ckpt=str(tmp_path / "r.ckpt"))
     with pytest.raises(UserError, match="cross_fit_block"):
         make(cross_fit=2, cross_fit_block=0)
+    with pytest.raises(UserError, match="time indices"):
+        folded().training_mean(batch(b=2)["cond"])
     # 28 radar frames in blocks of 30: fold 1 would hold nothing
     model = make(cross_fit=2, cross_fit_block=30)
     with pytest.raises(UserError, match=r"\[28, 0\] of 28.*lower model.cross_fit_block"):
