@@ -210,6 +210,9 @@ _IBERIA_RESIDUAL_32 = Sampling(
 # how the iberia_gpu rows were trained (one 15-minute GPU lease; see the suite)
 _LEASE = "model.regression_keep_best=false +trainer.max_time=00:00:05:10"
 
+# notes items 19-20: a square-root target and a cross-fitted mean (ablation rows)
+_SQRT_CF = "model.cross_fit=2 data.variables.precip._target_=downscale.data.scaling.SqrtScaler"
+
 _FAST = (
     ("sampler=dpmpp_2m", "sampler.steps=10"),
     ("sampler=heun", "sampler.steps=5"),
@@ -229,9 +232,8 @@ SUITES: dict[str, Suite] = {
             "edm_sd": "iberia_edm_sd",
             "edm_long": "iberia_edm_long",
             "residual": "iberia_residual",
-            # notes item 19: square-root target and a cross-fitted mean (ablation rows)
-            "residual_sqrt_cf": "iberia_residual model.cross_fit=2 "
-            "data.variables.precip._target_=downscale.data.scaling.SqrtScaler",
+            "residual_sqrt_cf": f"iberia_residual {_SQRT_CF}",
+            "residual_sqrt_cf_seed1": f"iberia_residual {_SQRT_CF} seed=1",  # notes item 20
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -293,6 +295,13 @@ SUITES: dict[str, Suite] = {
                     ablation=True,
                 )
                 for m in (16, 32)
+            ),
+            Sampling(
+                "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), 32 members",
+                "residual_sqrt_cf_seed1",
+                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+                32,
+                ablation=True,
             ),
             Sampling(
                 "EDM long, dpm2_heun 20 steps (39 NFE), 4 members",
