@@ -43,7 +43,7 @@ bench: install
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
 
 bench-skill: install
-	$(BIN)/python -m bench.skill.run
+	$(BIN)/python -m bench.skill.run --jobs 2
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -12,6 +12,8 @@ steps are reused (checkpoints, samples stores, timing files); ``--force`` redoes
 The default runs the core rows (the issue's methods with our best settings); ``--ablations`` adds
 the rows that show how they were found (REFERENCE's sigma_data 0.5, sigma_data 0.2, the validation
 sweep of <= 10-NFE samplers). ``--out DIR`` puts everything in DIR instead of ``outputs/skill``.
+``--jobs 2`` runs the suites side by side, one process each with half the CPU's torch threads (what
+``make bench-skill`` does; logs in ``OUT/logs/bench_<suite>.log``), then the report.
 """
 
 from __future__ import annotations
@@ -913,6 +915,59 @@ def stage_report(suites: Sequence[Suite]) -> None:
     _log(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
 
 
+# ---------------------------------------------------------------- suites side by side
+
+
+def _suite_argv(suite: str, args: argparse.Namespace) -> list[str]:
+    """The command line of one suite's process (every chosen stage but the report)."""
+    out = str(args.out.absolute())
+    argv = [sys.executable, "-m", "bench.skill.run", "--suite", suite, "--out", out]
+    for stage in args.stage or STAGES:
+        if stage != "report":
+            argv += ["--stage", stage]
+    if args.only:
+        argv += ["--only", args.only]
+    argv += [flag for flag, on in (("--force", args.force), ("--ablations", args.ablations)) if on]
+    for override in args.train_override:
+        argv += ["--train-override", override]
+    return argv
+
+
+def run_jobs(commands: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str]:
+    """Run ``commands`` (name -> argv), at most ``jobs`` at once, each with ``cpu_count // jobs``
+    torch threads and its output in ``log_dir / bench_<name>.log``; the names that failed.
+
+    Two 1-thread processes do 1.26x the training steps of one 2-thread process on these tiny nets
+    (bench/skill/notes.md, "Machine and budget"), so whole suites run side by side rather than one
+    after the other on every core."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    waiting, running, failed = list(commands), {}, []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            name = waiting.pop(0)
+            log = log_dir / f"bench_{name}.log"
+            with open(log, "w") as fh:  # the process writes to its own copy of the file
+                proc = subprocess.Popen(
+                    commands[name], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                )
+            running[name] = (proc, log, time.perf_counter())
+            _log(f"{name}: started ({threads} torch threads; log {log})")
+        time.sleep(1)
+        for name, (proc, log, start) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            seconds = time.perf_counter() - start
+            if proc.returncode:
+                failed.append(name)
+                _log(f"{name}: failed (exit {proc.returncode}) after {seconds:.0f} s; see {log}")
+            else:
+                _log(f"{name}: done in {seconds:.0f} s")
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     global ABLATIONS, OUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -931,6 +986,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep): how the core setting was found",
     )
     parser.add_argument("--out", type=Path, default=OUT, help="outputs (stores, runs, samples)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="suites run side by side, each in its own process with cpu_count // jobs torch threads",
+    )
     parser.add_argument(
         "--train-override",
         action="append",
@@ -951,6 +1012,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in (args.suite or [name for name, suite in SUITES.items() if not suite.gpu])
     ]
     stages = args.stage or list(STAGES)
+    if args.jobs < 1:
+        sys.exit(f"error: --jobs must be >= 1, not {args.jobs}")
+    if args.jobs > 1 and len(suites) > 1 and set(stages) - {"report"}:
+        commands = {suite.name: _suite_argv(suite.name, args) for suite in suites}
+        failed = run_jobs(commands, args.jobs, OUT / "logs")
+        if failed:
+            sys.exit(f"error: suite {', '.join(failed)} failed; see {OUT / 'logs'}")
+        stages = [s for s in stages if s == "report"]
     runners = {
         "build": lambda suite: stage_build(suite),
         "train": lambda suite: stage_train(suite, args.only, args.force),
