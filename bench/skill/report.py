@@ -57,9 +57,10 @@ def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
     devices: dict[str, list[str]] = {}
     for name in models:
         for key, what in (("train_device", "trained"), ("sample_device", "sampled")):
-            if methods[name].get(key):
-                devices.setdefault(f"{what} on {methods[name][key]}", []).append(name)
-    if not devices:
+            device = methods[name].get(key)
+            where = f"{what} on {device}" if device else f"{what} before records named the device"
+            devices.setdefault(where, []).append(name)
+    if all(where.endswith("the device") for where in devices):
         return []
     lines = [
         f"- {where}: {'every model row' if names == models else ', '.join(names)}"

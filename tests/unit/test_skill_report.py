@@ -19,6 +19,8 @@ def test_hardware_lines_name_the_rows_of_each_device():
     assert _hardware(methods) == [
         "Wall times of the models:",
         "",
+        "- trained before records named the device: old row",
+        "- sampled before records named the device: old row",
         "- trained on NVIDIA H200: gpu row",
         "- sampled on NVIDIA H200: gpu row, cpu row",
         "- trained on cpu (2 threads): cpu row",
@@ -30,3 +32,4 @@ def test_hardware_lines_name_the_rows_of_each_device():
         "- sampled on NVIDIA H200: every model row",
     ]
     assert _hardware({"analogs": {"kind": "baseline"}}) == []
+    assert _hardware({"old row": {"kind": "model"}}) == []  # nothing known: no section
