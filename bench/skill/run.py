@@ -236,6 +236,7 @@ SUITES: dict[str, Suite] = {
             "residual": "iberia_residual",
             "residual_sqrt_cf": f"iberia_residual {_SQRT_CF}",
             "residual_sqrt_cf_seed1": f"iberia_residual {_SQRT_CF} seed=1",  # notes item 20
+            "residual_seed1": "iberia_residual seed=1",  # notes item 20: the core setting's seeds
         },
         samplings=(
             Sampling("regression UNet", "regression", (), 1),
@@ -297,6 +298,13 @@ SUITES: dict[str, Suite] = {
                     ablation=True,
                 )
                 for m in (16, 32)
+            ),
+            Sampling(
+                "residual EDM (CorrDiff), seed 1, dpmpp_2m 10 (10 NFE), 32 members",
+                "residual_seed1",
+                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+                32,
+                ablation=True,
             ),
             Sampling(
                 "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), 32 members",
