@@ -945,9 +945,9 @@ def run_jobs(commands: dict[str, list[str]], jobs: int, log_dir: Path) -> list[s
     """Run ``commands`` (name -> argv), at most ``jobs`` at once, each with ``cpu_count // jobs``
     torch threads and its output in ``log_dir / bench_<name>.log``; the names that failed.
 
-    Two 1-thread processes do 1.26x the training steps of one 2-thread process on these tiny nets
-    (bench/skill/notes.md, "Machine and budget"), so whole suites run side by side rather than one
-    after the other on every core."""
+    On 2 cores, two 1-thread processes side by side do 1.08-1.27x the training steps of one 2-thread
+    process with the tiny net (bench/cpu_threads.py), and the whole bench takes 54 min instead of
+    about 61 (bench/skill/notes.md, "Machine and budget")."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log_dir.mkdir(parents=True, exist_ok=True)
