@@ -52,7 +52,8 @@ def _table(methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str
 
 
 def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
-    """Where the models' wall times were measured, when their records say (one line per device)."""
+    """Where the models' wall times were measured, one line per device (row names hold commas, so
+    a line joins them with semicolons)."""
     models = [name for name, row in methods.items() if row.get("kind") == "model"]
     devices: dict[str, list[str]] = {}
     for name in models:
@@ -63,7 +64,7 @@ def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
     if all(where.endswith("the device") for where in devices):
         return []
     lines = [
-        f"- {where}: {'every model row' if names == models else ', '.join(names)}"
+        f"- {where}: {'every model row' if names == models else '; '.join(names)}"
         for where, names in devices.items()
     ]
     return ["Wall times of the models:", "", *lines, ""]

@@ -22,7 +22,7 @@ def test_hardware_lines_name_the_rows_of_each_device():
         "- trained before records named the device: old row",
         "- sampled before records named the device: old row",
         "- trained on NVIDIA H200: gpu row",
-        "- sampled on NVIDIA H200: gpu row, cpu row",
+        "- sampled on NVIDIA H200: gpu row; cpu row",
         "- trained on cpu (2 threads): cpu row",
         "",
     ]
