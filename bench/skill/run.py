@@ -952,27 +952,34 @@ def run_jobs(commands: dict[str, list[str]], jobs: int, log_dir: Path) -> list[s
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     log_dir.mkdir(parents=True, exist_ok=True)
     waiting, running, failed = list(commands), {}, []
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            name = waiting.pop(0)
-            log = log_dir / f"bench_{name}.log"
-            with open(log, "w") as fh:  # the process writes to its own copy of the file
-                proc = subprocess.Popen(
-                    commands[name], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO
-                )
-            running[name] = (proc, log, time.perf_counter())
-            _log(f"{name}: started ({threads} torch threads; log {log})")
-        time.sleep(1)
-        for name, (proc, log, start) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            seconds = time.perf_counter() - start
-            if proc.returncode:
-                failed.append(name)
-                _log(f"{name}: failed (exit {proc.returncode}) after {seconds:.0f} s; see {log}")
-            else:
-                _log(f"{name}: done in {seconds:.0f} s")
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                name = waiting.pop(0)
+                log = log_dir / f"bench_{name}.log"
+                with open(log, "w") as fh:  # the process writes to its own copy of the file
+                    proc = subprocess.Popen(
+                        commands[name], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO
+                    )
+                running[name] = (proc, log, time.perf_counter())
+                _log(f"{name}: started ({threads} torch threads; log {log})")
+            time.sleep(1)
+            for name, (proc, log, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                seconds = time.perf_counter() - start
+                if proc.returncode:
+                    failed.append(name)
+                    _log(
+                        f"{name}: failed (exit {proc.returncode}) after {seconds:.0f} s; see {log}"
+                    )
+                else:
+                    _log(f"{name}: done in {seconds:.0f} s")
+    finally:  # interrupted: stop the suites too (a rerun reuses their finished steps)
+        for proc, _, _ in running.values():
+            proc.terminate()
+            proc.wait()
     return failed
 
 

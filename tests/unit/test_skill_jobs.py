@@ -26,6 +26,26 @@ def test_run_jobs_splits_threads_logs_and_names_failures(tmp_path):
     assert (tmp_path / "logs" / "bench_bad.log").read_text() == "broken\n"
 
 
+def test_run_jobs_stops_its_processes_when_interrupted(tmp_path, monkeypatch):
+    started = []
+    popen = skill.subprocess.Popen
+
+    def record(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(skill.subprocess, "Popen", record)
+    monkeypatch.setattr(skill.time, "sleep", interrupt)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(KeyboardInterrupt):
+        skill.run_jobs({"a": sleeper, "b": sleeper}, 2, tmp_path)
+    assert len(started) == 2
+    assert all(proc.returncode is not None for proc in started)  # terminated and reaped
+
+
 def test_suite_argv_passes_the_options_but_not_the_report(tmp_path):
     args = skill.argparse.Namespace(
         out=tmp_path,
