@@ -413,6 +413,15 @@ SUITES: dict[str, Suite] = {
             # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
             # the target's block mean; docs/sampling.md, "Conservation")
             *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL, _RADAR_GAN)),
+            # the 20-step dpm2_heun: 4x the NFE of the core row, so 2 members and an
+            # ablation row (it would add ~5 min to the CPU budget)
+            Sampling(
+                "EDM sigma_data auto, dpm2_heun 20 steps (39 NFE), 2 members",
+                "edm_auto",
+                ("sampler=dpm2_heun", "sampler.steps=20", *_TILES_64),
+                2,
+                ablation=True,
+            ),
         ),
         baselines={
             "nearest": {"_target_": f"{_B}.nearest_baseline"},
