@@ -414,12 +414,19 @@ SUITES: dict[str, Suite] = {
             # the target's block mean; docs/sampling.md, "Conservation")
             *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL, _RADAR_GAN)),
             # the 20-step dpm2_heun: 4x the NFE of the core row, so 2 members and an
-            # ablation row (it would add ~5 min to the CPU budget)
+            # ablation row (419 s of sampling: it would take the CPU bench past 60 min)
             Sampling(
                 "EDM sigma_data auto, dpm2_heun 20 steps (39 NFE), 2 members",
                 "edm_auto",
                 ("sampler=dpm2_heun", "sampler.steps=20", *_TILES_64),
                 2,
+                ablation=True,
+            ),
+            # like for like with it: the core row's first 2 members
+            dataclasses.replace(
+                _first_members(
+                    _RADAR_EDM, "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 2 members", 2
+                ),
                 ablation=True,
             ),
         ),
