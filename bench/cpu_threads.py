@@ -25,15 +25,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's package, not another installed copy
+
+from bench.common import git_commit  # noqa: E402
+
 # (batch, size): a radar crop batch (16 patches of 64 x 64) and an Iberia-sized one (32 of 32 x 32)
 SHAPES = ((16, 64), (32, 32))
 
 
 def worker(net: str, batch: int, size: int, steps: int, warmup: int) -> float:
     """Steps per wall-clock second of bare EDM training steps in this process."""
-    import torch
+    import torch  # the workers only: the parent process needs no torch
 
-    sys.path.insert(0, str(ROOT))
     from bench.train_step import make_batch, make_model
 
     model, _ = make_model(net, steps)
@@ -99,9 +102,6 @@ def main() -> None:
                 "ratio": side_med / one_med,
             }
         )
-    sys.path.insert(0, str(ROOT))
-    from bench.common import git_commit
-
     print(
         f"{'batch x size':>14} {f'1 x {cores} threads':>16} {f'{cores} x 1 thread':>16} {'ratio':>7}"
     )

@@ -55,14 +55,15 @@ def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
     """Where the models' wall times were measured, one line per device (row names hold commas, so
     a line joins them with semicolons)."""
     models = [name for name, row in methods.items() if row.get("kind") == "model"]
+    keys = ("train_device", "sample_device")
+    if not any(methods[name].get(key) for name in models for key in keys):
+        return []
     devices: dict[str, list[str]] = {}
     for name in models:
-        for key, what in (("train_device", "trained"), ("sample_device", "sampled")):
+        for key, what in zip(keys, ("trained", "sampled"), strict=True):
             device = methods[name].get(key)
             where = f"{what} on {device}" if device else f"{what} before records named the device"
             devices.setdefault(where, []).append(name)
-    if all(where.endswith("the device") for where in devices):
-        return []
     lines = [
         f"- {where}: {'every model row' if names == models else '; '.join(names)}"
         for where, names in devices.items()

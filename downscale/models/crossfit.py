@@ -63,7 +63,7 @@ class FoldedRegression(FieldPredictor):
             rows = torch.nonzero(fold == k).squeeze(1)
             if rows.numel() == 0:
                 continue
-            pred = net(cond[rows], anchor=None if anchor is None else anchor[rows])
+            pred = _on_rows(net, rows, cond, anchor)
             if out is None:
                 out = pred.new_zeros(cond.shape[0], *pred.shape[1:])
             out[rows] = pred
@@ -97,6 +97,13 @@ class FoldedRegression(FieldPredictor):
             rows = torch.nonzero(fold != k).squeeze(1)
             if rows.numel() == 0:  # a batch from fold k alone: nothing for net k to learn
                 continue
-            pred = net(cond[rows], anchor=None if anchor is None else anchor[rows])
+            pred = _on_rows(net, rows, cond, anchor)
             losses.append(loss_fn(pred, target[rows], mask[rows]))
         return torch.stack(losses).mean()
+
+
+def _on_rows(
+    net: nn.Module, rows: torch.Tensor, cond: torch.Tensor, anchor: torch.Tensor | None
+) -> torch.Tensor:
+    """``net``'s prediction for the batch rows ``rows``."""
+    return net(cond[rows], anchor=None if anchor is None else anchor[rows])
