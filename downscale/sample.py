@@ -6,23 +6,28 @@ block by block into ``samples.zarr`` (resumable), then evaluates it unless ``eva
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
+import xarray as xr
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
 from downscale.sampling.constraints import METHODS, Conservation
 from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
+from downscale.sampling.dry import DryThreshold, fit_dry_threshold
 from downscale.sampling.schedules import denoiser_sigma_data, sigma_max_scale
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
 from downscale.utils.cli import run_cli
@@ -111,7 +116,48 @@ class SampleJob:
     datamodule: Any
     sampler: SamplerRun | None
     request: SampleRequest
-    constraint: Conservation | None = None
+    constraint: PostProcess | None = None
+
+
+PostProcess = Callable[[str, np.ndarray, np.ndarray], np.ndarray]
+
+
+def chain(steps: Sequence[PostProcess | None]) -> PostProcess | None:
+    """One post-processor running ``steps`` in order (None entries skipped; None if none left)."""
+    steps = [step for step in steps if step is not None]
+    if len(steps) <= 1:
+        return steps[0] if steps else None
+
+    def apply(name: str, samples: np.ndarray, times: np.ndarray) -> np.ndarray:
+        for step in steps:
+            samples = step(name, samples, times)
+        return samples
+
+    return apply
+
+
+def check_dry_options(cfg: DictConfig) -> None:
+    """The ``dry`` block: threshold null, a number >= 0 or auto; wet_day > 0 for auto."""
+    dry = cfg.get("dry") or {}
+    threshold = dry.get("threshold")
+    number = isinstance(threshold, int | float) and not isinstance(threshold, bool)
+    require(
+        threshold is None or threshold == "auto" or (number and threshold >= 0),
+        f"dry.threshold must be null, a number >= 0 (units of the predictand) or auto, got "
+        f"{threshold!r}; e.g. dry.threshold=auto",
+    )
+    if threshold != "auto":
+        return
+    wet_day = dry.get("wet_day")
+    require(
+        isinstance(wet_day, int | float) and not isinstance(wet_day, bool) and wet_day > 0,
+        f"dry.wet_day must be a positive number, got {wet_day!r}; e.g. dry.wet_day=1.0 (mm/day)",
+    )
+    require(
+        int(cfg.get("devices", 1)) == 1 or str(cfg.get("strategy")) == "ddp_spawn",
+        "dry.threshold=auto draws its fit split first, which strategy=ddp cannot re-launch; use "
+        "strategy=ddp_spawn, devices=1, or the fitted number (dry.threshold=<value>)",
+    )
 
 
 def check_options(cfg: DictConfig) -> SamplerRun | None:
@@ -136,6 +182,7 @@ def check_options(cfg: DictConfig) -> SamplerRun | None:
         conserve is None or conserve in METHODS,
         f"conserve={conserve} is unknown; use one of {', '.join(METHODS)} or null",
     )
+    check_dry_options(cfg)
     return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
 
 
@@ -164,7 +211,10 @@ def prepare(cfg: DictConfig) -> SampleJob:
     if stepped:
         sampler, schedule_scale = scale_schedule(sampler, model, cfg)
     conserve = cfg.get("conserve")
-    constraint = Conservation(datamodule.ds, datamodule.targets, conserve) if conserve else None
+    dry = dry_threshold(cfg, datamodule.targets)
+    constraint = chain(
+        [dry, Conservation(datamodule.ds, datamodule.targets, conserve) if conserve else None]
+    )
     request = SampleRequest(
         out=Path(cfg.out),
         times=datamodule.split_indices[cfg.split],
@@ -180,6 +230,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
             **({"schedule_scale": schedule_scale} if schedule_scale != 1.0 else {}),
             # only when set: unconstrained stores keep their request key
             **({"conserve": conserve} if conserve else {}),
+            **({"dry": json.dumps(dry_record(cfg, dry))} if dry else {}),
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
@@ -191,25 +242,99 @@ def prepare(cfg: DictConfig) -> SampleJob:
     return SampleJob(ckpt_path, model, datamodule, sampler, request, constraint)
 
 
+def dry_threshold(cfg: DictConfig, targets: Sequence[str]) -> DryThreshold | None:
+    """The drizzle correction of ``dry.threshold`` (a number by now), for ``dry.variables``
+    (default: every predictand)."""
+    dry = cfg.get("dry") or {}
+    if dry.get("threshold") is None:
+        return None
+    require(
+        dry.threshold != "auto", "dry.threshold=auto must be fitted before sampling (sample.run)"
+    )
+    variables = list(dry.get("variables") or targets)
+    unknown = sorted(set(variables) - set(targets))
+    require(
+        not unknown,
+        f"dry.variables names {', '.join(unknown)}, not a predictand of this model; use some of "
+        f"{', '.join(targets)}",
+    )
+    return DryThreshold(float(dry.threshold), variables)
+
+
+def dry_record(cfg: DictConfig, dry: DryThreshold) -> dict[str, Any]:
+    """What the samples store records of the drizzle correction (and of its fit, when auto)."""
+    return {
+        "threshold": dry.threshold,
+        "variables": list(dry.variables),
+        **to_plain(cfg.dry.get("fit") or {}),
+    }
+
+
+def fit_dry(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``dry.threshold=auto`` replaced by the fitted value: the same model and
+    sampler draw ``dry.fit_split`` (next to ``out``, resumable, no conservation), and the threshold
+    is the value the members exceed as often as the observations reach ``dry.wet_day``."""
+    fit_cfg = copy.deepcopy(cfg)
+    out = Path(cfg.out)
+    split, wet_day = str(cfg.dry.fit_split), float(cfg.dry.wet_day)
+    overrides = {
+        "split": split,
+        "out": str(out.with_name(f"{out.stem}_dry_fit_{split}{out.suffix}")),
+        "conserve": None,
+        "dry": {"threshold": None},
+    }
+    for key, value in overrides.items():
+        OmegaConf.update(fit_cfg, key, value, merge=True, force_add=True)
+    job = prepare(fit_cfg)
+    path = draw(fit_cfg, job)["path"]
+    samples = xr.open_zarr(path, consolidated=False)
+    variables = list(cfg.dry.get("variables") or job.datamodule.targets)
+    require(
+        len(variables) == 1,
+        f"dry.threshold=auto fits one variable, but this model has {', '.join(variables)}; "
+        "name it, e.g. dry.variables=[precip]",
+    )
+    name = variables[0]
+    obs = job.datamodule.ds[name].isel(time=samples["time_index"].values)
+    threshold, frequency = fit_dry_threshold(samples[name].values, obs.values, wet_day)
+    print(
+        f"dry.threshold=auto: {threshold:.4g} (members of {split} exceed it as often as the "
+        f"observations reach {wet_day:g}: {frequency:.3f} of valid cells)"
+    )
+    fitted = copy.deepcopy(cfg)
+    OmegaConf.update(fitted, "dry.threshold", threshold, force_add=True)
+    record = {"fit_split": split, "wet_day": wet_day, "obs_wet_frequency": round(frequency, 6)}
+    OmegaConf.update(fitted, "dry.fit", record, force_add=True)
+    return fitted
+
+
+def draw(cfg: DictConfig, job: SampleJob) -> dict[str, Any] | None:
+    """Write the samples of ``job`` on ``cfg.devices`` processes; None on a rank > 0 of a
+    script-launched (strategy=ddp) run."""
+    devices = int(cfg.get("devices", 1))
+    if devices > 1:
+        return launch_ranks(cfg, devices)
+    return write_samples(
+        job.model,
+        job.datamodule,
+        job.sampler,
+        job.request,
+        batch_size=int(cfg.batch_size),
+        device=resolve_device(cfg.device),
+        constraint=job.constraint,
+    )
+
+
 @report_user_errors
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (and evaluate); returns the samples path, NFE, wall time and metrics if evaluated."""
+    check_options(cfg)
+    if (cfg.get("dry") or {}).get("threshold") == "auto":
+        cfg = fit_dry(cfg)
     job = prepare(cfg)
-    devices = int(cfg.get("devices", 1))
-    if devices == 1:
-        result = write_samples(
-            job.model,
-            job.datamodule,
-            job.sampler,
-            job.request,
-            batch_size=int(cfg.batch_size),
-            device=resolve_device(cfg.device),
-            constraint=job.constraint,
-        )
-    else:
-        result = launch_ranks(cfg, devices)
-        if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
-            return {}
+    result = draw(cfg, job)
+    if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
+        return {}
     result["schedule_scale"] = job.request.attrs.get("schedule_scale", 1.0)
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
     out_dir = Path(cfg.out).parent

@@ -131,6 +131,32 @@ def test_conserve_gives_each_member_the_coarse_cell_means(trained):
     assert not np.allclose(cell_means(free)[..., land], kept[..., land], atol=1e-2)
 
 
+def test_dry_threshold_auto_fits_on_the_validation_draw_and_zeroes_the_drizzle(trained):
+    """dry.threshold=auto: a draw of the val split (kept next to out=) fixes the value its members
+    exceed as often as the observations reach dry.wet_day; the test draw is the unconstrained one
+    with every value below it set to 0, and the store records the fit."""
+    root, result = trained
+    raw = sample.run(sample_cfg(root, result["run_dir"], "free", "evaluate=false"))
+    out = sample.run(
+        sample_cfg(root, result["run_dir"], "dry", "evaluate=false", "dry.threshold=auto")
+    )
+    ds = xr.open_zarr(out["path"], consolidated=False)
+    record = json.loads(ds.attrs["dry"])
+    assert record["fit_split"] == "val" and record["wet_day"] == 1.0
+    threshold = record["threshold"]
+    fit = xr.open_zarr(out["path"].with_name("samples_dry_fit_val.zarr"), consolidated=False)
+    assert fit.attrs["split"] == "val" and "dry" not in fit.attrs
+    obs = xr.open_zarr(ds.attrs["obs_store"], consolidated=False).precip
+    wet = (obs.isel(time=fit.time_index.values).values >= 1.0)[fit.precip.notnull().values[0]]
+    assert record["obs_wet_frequency"] == pytest.approx(wet.mean(), abs=1e-6)
+    members = fit.precip.values[np.isfinite(fit.precip.values)]
+    assert (members >= threshold).mean() == pytest.approx(wet.mean(), abs=0.01)
+    assert threshold > 0
+    free = xr.open_zarr(raw["path"], consolidated=False).precip.values
+    np.testing.assert_array_equal(ds.precip.values, np.where(free < threshold, 0.0, free))
+    assert ((free > 0) & (free < threshold)).any()  # the correction had drizzle to remove
+
+
 def test_trained_model_beats_an_untrained_one_on_crps(trained):
     root, result = trained
     checkpoint = load_checkpoint(result["last_ckpt"])

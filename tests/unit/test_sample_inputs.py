@@ -21,6 +21,10 @@ CASES = [
     (["tiling=default", "tiling.halo=20"], "tiling halo must satisfy"),
     (["+sampler.s_chrun=3"], "has no argument(s) s_chrun"),
     (["conserve=exact"], "conserve=exact is unknown"),
+    (["dry.threshold=-1"], "dry.threshold must be null, a number >= 0"),
+    (["dry.threshold=yes"], "dry.threshold must be null, a number >= 0"),
+    (["dry.threshold=auto", "dry.wet_day=0"], "dry.wet_day must be a positive number"),
+    (["dry.threshold=auto", "devices=2", "strategy=ddp"], "use strategy=ddp_spawn"),
 ]
 
 
