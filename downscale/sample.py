@@ -270,10 +270,11 @@ def dry_record(cfg: DictConfig, dry: DryThreshold) -> dict[str, Any]:
     }
 
 
-def fit_dry(cfg: DictConfig) -> DictConfig:
+def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
     """``cfg`` with ``dry.threshold=auto`` replaced by the fitted value: the same model and
     sampler draw ``dry.fit_split`` (next to ``out``, resumable, no conservation), and the threshold
-    is the value the members exceed as often as the observations reach ``dry.wet_day``."""
+    is the value the members exceed as often as the observations reach ``dry.wet_day``. Also
+    returns the seconds the fit draw took (0 when it was drawn before)."""
     fit_cfg = copy.deepcopy(cfg)
     out = Path(cfg.out)
     split, wet_day = str(cfg.dry.fit_split), float(cfg.dry.wet_day)
@@ -286,8 +287,8 @@ def fit_dry(cfg: DictConfig) -> DictConfig:
     for key, value in overrides.items():
         OmegaConf.update(fit_cfg, key, value, merge=True, force_add=True)
     job = prepare(fit_cfg)
-    path = draw(fit_cfg, job)["path"]
-    samples = xr.open_zarr(path, consolidated=False)
+    drawn = draw(fit_cfg, job)
+    samples = xr.open_zarr(drawn["path"], consolidated=False)
     variables = list(cfg.dry.get("variables") or job.datamodule.targets)
     require(
         len(variables) == 1,
@@ -305,7 +306,7 @@ def fit_dry(cfg: DictConfig) -> DictConfig:
     OmegaConf.update(fitted, "dry.threshold", threshold, force_add=True)
     record = {"fit_split": split, "wet_day": wet_day, "obs_wet_frequency": round(frequency, 6)}
     OmegaConf.update(fitted, "dry.fit", record, force_add=True)
-    return fitted
+    return fitted, float(drawn["seconds"])
 
 
 def draw(cfg: DictConfig, job: SampleJob) -> dict[str, Any] | None:
@@ -329,12 +330,15 @@ def draw(cfg: DictConfig, job: SampleJob) -> dict[str, Any] | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Sample (and evaluate); returns the samples path, NFE, wall time and metrics if evaluated."""
     check_options(cfg)
+    fit_seconds = None
     if (cfg.get("dry") or {}).get("threshold") == "auto":
-        cfg = fit_dry(cfg)
+        cfg, fit_seconds = fit_dry(cfg)
     job = prepare(cfg)
     result = draw(cfg, job)
     if result is None:  # a rank > 0 of a script-launched (strategy=ddp) run: rank 0 reports
         return {}
+    if fit_seconds is not None:
+        result["dry_fit_seconds"] = fit_seconds
     result["schedule_scale"] = job.request.attrs.get("schedule_scale", 1.0)
     print(f"samples: {result['path']} (NFE {result['nfe']}, {result['seconds']:.1f} s)")
     out_dir = Path(cfg.out).parent
@@ -420,6 +424,9 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         row.update({f"schedule.{k}": v for k, v in schedule.items()})
         row["schedule.scale"] = result.get("schedule_scale", 1.0)
     row["conserve"] = cfg.get("conserve")
+    row["dry.threshold"] = (cfg.get("dry") or {}).get("threshold")
+    if "dry_fit_seconds" in result:
+        row["dry_fit_seconds"] = result["dry_fit_seconds"]
     row.update(result.get("metrics") or {})
     return row
 

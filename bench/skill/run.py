@@ -202,10 +202,12 @@ _IBERIA_ANCHORS = {
     "analogs 16 (psl, pr, hus850, ta850)": {"crps": 0.92, "spread_skill": 1.05, "q99": 20.6},
 }
 
+# the drizzle correction, fitted on a draw of the validation winter (docs/sampling.md, "Drizzle")
+_DRY = "dry.threshold=auto"
 _IBERIA_RESIDUAL_32 = Sampling(
-    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), dry threshold, 32 members",
     "residual",
-    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED, _DRY),
     32,
 )
 
@@ -286,9 +288,19 @@ SUITES: dict[str, Suite] = {
             # the ensemble CRPS estimator favours larger ensembles (its excess over the limit is
             # about E|X - X'| / 2M): the 16-member row compares like for like with the baselines
             _first_members(
-                _IBERIA_RESIDUAL_32, "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members", 16
+                _IBERIA_RESIDUAL_32,
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), dry threshold, 16 members",
+                16,
             ),
             _IBERIA_RESIDUAL_32,
+            # the same model without the drizzle correction
+            Sampling(
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
+                "residual",
+                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+                32,
+                ablation=True,
+            ),
             *(
                 Sampling(
                     f"residual EDM, sqrt target, cross-fit 2, dpmpp_2m 10 (10 NFE), {m} members",
@@ -629,14 +641,17 @@ def _sample(
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
+    # dry.threshold=auto: the validation draw that fits the threshold is part of the cost
+    seconds = result["seconds"] + result.get("dry_fit_seconds", 0.0)
     info = {
-        "seconds": result["seconds"],
+        "seconds": seconds,
         "nfe": result["nfe"],
         "n_members": n_members,
         "n_days": n_days,
-        "seconds_per_member_day": result["seconds"] / (n_members * n_days),
+        "seconds_per_member_day": seconds / (n_members * n_days),
         "overrides": setting,
         "device": result.get("device"),
+        **({"dry_fit_seconds": result["dry_fit_seconds"]} if "dry_fit_seconds" in result else {}),
     }
     _write_json(out.parent / "timing.json", info)
     return info
