@@ -391,6 +391,8 @@ class ResidualModel(DownscaleModule):
                     if isinstance(config["model"].get(part), dict):
                         config["model"][part]["sigma_data"] = self.measured_sigma_data
             checkpoint["downscale"]["config"] = config
+        # a checkpoint of the first stage has an untrained denoiser (downscale.select skips it)
+        checkpoint["downscale"]["regression_stage"] = self.in_regression_stage()
         if self.measured_sigma_data is not None:
             checkpoint["downscale"]["residual_sigma_data"] = self.measured_sigma_data
         if self.best_regression is not None:

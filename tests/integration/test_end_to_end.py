@@ -9,7 +9,7 @@ import pytest
 import torch
 import xarray as xr
 
-from downscale import evaluate, sample
+from downscale import evaluate, sample, select
 from downscale.sampling.driver import SampleRequest, write_samples
 from downscale.utils.checkpoint import build_model, load_checkpoint
 from tests.conftest import compose_config, tiny_training
@@ -184,6 +184,46 @@ def test_trained_model_beats_an_untrained_one_on_crps(trained):
         for name, out in {"trained": trained_out, "untrained": untrained_out}.items()
     }
     assert scores["trained"]["crps"] < 0.8 * scores["untrained"]["crps"]
+
+
+def test_select_keeps_the_checkpoint_whose_validation_draw_scores_best(trained):
+    """Two candidates, the trained checkpoint and the same one with untrained weights: each draws
+    the val split, its CRPS is xskillscore's over the valid cells, and the trained one is copied to
+    selected.ckpt."""
+    import xskillscore as xs
+
+    root, result = trained
+    checkpoint = load_checkpoint(result["last_ckpt"])
+    untrained = build_model(checkpoint["downscale"]["config"], checkpoint["downscale"]["channels"])
+    blank = root / "blank" / "untrained.ckpt"
+    blank.parent.mkdir()
+    torch.save({**checkpoint, "state_dict": untrained.state_dict()}, blank)
+    out = root / "select"
+    cfg = compose_config(
+        "select",
+        [
+            f"paths.output_dir={out}",
+            f"candidates=[{result['last_ckpt']},{blank}]",
+            "sampler=euler",
+            "sampler.steps=20",
+            "n_members=4",
+            "block_size=4",
+        ],
+    )
+    selection = select.run(cfg)
+    assert len(selection["candidates"]) == 2
+    for row in selection["candidates"]:
+        draw = out / "draws" / row["label"].replace("/", "__") / "samples.zarr"
+        samples = xr.open_zarr(draw, consolidated=False)
+        assert samples.attrs["split"] == "val"
+        obs = xr.open_zarr(samples.attrs["obs_store"], consolidated=False).precip
+        obs = obs.isel(time=samples.time_index.values).assign_coords(time=samples.time)
+        expected = xs.crps_ensemble(obs, samples.precip, member_dim="member", dim=[])
+        assert row["crps"] == pytest.approx(float(expected.mean(skipna=True)), rel=1e-5)
+    assert selection["best"]["checkpoint"] == str(result["last_ckpt"].resolve())
+    assert (out / "selected.ckpt").read_bytes() == result["last_ckpt"].read_bytes()
+    saved = json.loads((out / "selection.json").read_text())
+    assert saved["best"]["crps"] < min(r["crps"] for r in saved["candidates"] if r != saved["best"])
 
 
 def test_rerun_with_the_same_out_skips_finished_work(trained):
