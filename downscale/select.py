@@ -19,6 +19,7 @@ import copy
 import glob
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Draw and score every candidate; copy the best to ``selected.ckpt``; return the selection."""
     from downscale import sample
 
+    started = time.perf_counter()
     sample.check_options(cfg)
     paths = candidate_paths(cfg.get("run_dir"), cfg.get("candidates"))
     out_dir = Path(cfg.paths.output_dir)
@@ -140,6 +142,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "candidates": rows,
         "best": best,
         "selected": str(selected),
+        "seconds": time.perf_counter() - started,
     }
     with atomic_path(out_dir / "selection.json") as tmp:
         tmp.write_text(json.dumps(selection, indent=1))

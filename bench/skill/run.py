@@ -61,6 +61,9 @@ class Sampling:
     # the row whose store this row is derived from, without running the model (_derive_draws):
     # its first n_members members, conserved when the overrides add conserve=
     derived_from: str | None = None
+    # "best": the lowest validation loss; "selected": the checkpoint of the model's run whose
+    # validation draw scores the lowest CRPS (downscale.select with Suite.checkpoint_choice)
+    checkpoint: str = "best"
 
 
 def _conserved(source: Sampling, method: str = "multiplicative") -> Sampling:
@@ -109,6 +112,8 @@ class Suite:
     # a GPU suite (trainer=gpu configs) runs only when named: --suite <name>
     gpu: bool = False
     note: str = ""  # printed under the suite's table in docs/results.md
+    # the sampling options of downscale.select for the rows with checkpoint="selected"
+    checkpoint_choice: tuple[str, ...] = ()
 
 
 _B = "downscale.evaluation.baselines"
@@ -204,11 +209,20 @@ _IBERIA_ANCHORS = {
 
 # the drizzle correction, fitted on a draw of the validation winter (docs/sampling.md, "Drizzle")
 _DRY = "dry.threshold=auto"
+# the residual EDM as first run: the lowest validation loss's checkpoint, no drizzle correction
+_IBERIA_RESIDUAL_RAW_32 = Sampling(
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
+    "residual",
+    ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
+    32,
+    ablation=True,
+)
 _IBERIA_RESIDUAL_32 = Sampling(
-    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), dry threshold, 32 members",
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, 32 members",
     "residual",
     ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED, _DRY),
     32,
+    checkpoint="selected",
 )
 
 # how the iberia_gpu rows were trained (one 15-minute GPU lease; see the suite)
@@ -289,17 +303,29 @@ SUITES: dict[str, Suite] = {
             # about E|X - X'| / 2M): the 16-member row compares like for like with the baselines
             _first_members(
                 _IBERIA_RESIDUAL_32,
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), dry threshold, 16 members",
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, "
+                "16 members",
                 16,
             ),
             _IBERIA_RESIDUAL_32,
-            # the same model without the drizzle correction
-            Sampling(
-                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
-                "residual",
-                ("sampler=dpmpp_2m", "sampler.steps=10", _SCALED),
-                32,
-                ablation=True,
+            # the same model from the lowest validation loss, and without the drizzle correction
+            _first_members(
+                _IBERIA_RESIDUAL_RAW_32,
+                "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 16 members",
+                16,
+            ),
+            _IBERIA_RESIDUAL_RAW_32,
+            *(
+                dataclasses.replace(
+                    _IBERIA_RESIDUAL_RAW_32,
+                    name=f"residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), {label}, 32 members",
+                    overrides=(*_IBERIA_RESIDUAL_RAW_32.overrides, *dry),
+                    checkpoint=checkpoint,
+                )
+                for label, dry, checkpoint in (
+                    ("dry threshold", (_DRY,), "best"),
+                    ("val-CRPS checkpoint", (), "selected"),
+                )
             ),
             *(
                 Sampling(
@@ -340,6 +366,8 @@ SUITES: dict[str, Suite] = {
         gcm_build=("build=iberia_gcm",),
         gcm_store="iberia_gcm.zarr",
         anchors=_IBERIA_ANCHORS,
+        # 8 members of the validation winter per checkpoint, the rows' sampler
+        checkpoint_choice=("sampler=dpmpp_2m", "sampler.steps=10", _SCALED, "n_members=8"),
         note="`make bench-skill` takes the residual EDM's 16-member row as the first 16 members of "
         "its 32-member draw (members are seeded by seed, day and member; the same values to 3e-4 "
         "mm/day as the 16-member command below, which drew the table's row).",
@@ -521,6 +549,8 @@ def _commands(suite: Suite) -> list[str]:
     """Every build/train/sample command of a suite, for docs/results.md (paths relative)."""
     lines = [_command("build", o) for o in (suite.build, suite.gcm_build) if o]
     lines += [_command("train", _train_overrides(suite, model)) for model in suite.models]
+    chosen = dict.fromkeys(s.model for s in _samplings(suite) if s.checkpoint == "selected")
+    lines += [_command("select", _select_overrides(suite, model)) for model in chosen]
     for sampling in _samplings(suite):
         out = _samples_path(suite, sampling)
         lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
@@ -587,9 +617,8 @@ def _sample_overrides(
     # the bench's store, not the path a checkpoint recorded (outputs may have moved since training)
     given = any(o.startswith("data.store=") for o in extra)
     store = () if given else (f"data.store={OUT / 'stores' / suite.store}",)
-    # the checkpoint with the lowest validation loss (winter 1996/97 for iberia)
     return [
-        f"ckpt={_train_dir(suite, sampling.model) / 'checkpoints' / 'best.ckpt'}",
+        f"ckpt={_checkpoint(suite, sampling)}",
         *sampling.overrides,
         f"n_members={sampling.n_members}",
         f"split={split}",
@@ -601,8 +630,53 @@ def _sample_overrides(
     ]
 
 
+def _checkpoint(suite: Suite, sampling: Sampling) -> Path:
+    """The checkpoint a row samples: the lowest validation loss (winter 1996/97 for iberia), or
+    the one downscale.select chose by the CRPS of a validation draw."""
+    if sampling.checkpoint == "selected":
+        return _selection_dir(suite, sampling.model) / "selected.ckpt"
+    return _train_dir(suite, sampling.model) / "checkpoints" / "best.ckpt"
+
+
+def _selection_dir(suite: Suite, model: str) -> Path:
+    return OUT / suite.name / "select" / model
+
+
+def _select_overrides(suite: Suite, model: str) -> list[str]:
+    return [
+        f"run_dir={_train_dir(suite, model)}",
+        *suite.checkpoint_choice,
+        f"data.store={OUT / 'stores' / suite.store}",
+        f"paths.output_dir={_selection_dir(suite, model)}",
+    ]
+
+
+def _select(suite: Suite, model: str) -> dict:
+    """Choose ``model``'s checkpoint (once: a finished selection with the same options is reused;
+    its validation draws resume)."""
+    from downscale import select
+    from downscale.utils.checkpoint import file_sha256
+
+    overrides = _select_overrides(suite, model)
+    record = _selection_dir(suite, model) / "selection.json"
+    # a retrained model (another last.ckpt) is chosen from again
+    setting = [
+        *_setting(overrides),
+        file_sha256(_train_dir(suite, model) / "checkpoints" / "last.ckpt"),
+    ]
+    done = _read_json(record)
+    if done and done.get("overrides") == setting:
+        return done
+    _log(f"select {model}: validation CRPS of its checkpoints")
+    chosen = select.run(compose_config("select", [*overrides, *_common()]))
+    chosen["overrides"] = setting
+    _write_json(record, chosen)
+    _log(f"select {model}: {chosen['best']['label']} ({chosen['seconds']:.0f} s)")
+    return chosen
+
+
 # overrides that name paths: not part of a draw's recorded setting
-_PATHS = ("ckpt=", "out=", "data.store=")
+_PATHS = ("ckpt=", "out=", "data.store=", "run_dir=", "paths.output_dir=")
 
 
 def _recorded(out: Path, setting: list[str]) -> dict | None:
@@ -638,6 +712,8 @@ def _sample(
         return info
     if sampling.derived_from:
         return _derive_draws(suite, sampling, out, split, setting)
+    if sampling.checkpoint == "selected":
+        _select(suite, sampling.model)
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
@@ -841,11 +917,16 @@ def stage_evaluate(suite: Suite, only: str | None) -> None:
         )
         timing = _read_json(path.parent / "timing.json")
         train = _read_json(_train_dir(suite, sampling.model) / "summary.json")
+        train_seconds = train.get("train_seconds")
+        if sampling.checkpoint == "selected" and train_seconds is not None:
+            # choosing the checkpoint (its validation draws) is part of the training cost
+            selection = _read_json(_selection_dir(suite, sampling.model) / "selection.json")
+            train_seconds += selection.get("seconds", 0.0)
         results["methods"][sampling.name] = {
             **_headline(flat, q99_obs),
             "n_members": int(da.sizes["member"]),
             "nfe": timing.get("nfe"),
-            "train_seconds": train.get("train_seconds"),
+            "train_seconds": train_seconds,
             "sample_seconds_per_member_day": timing.get("seconds_per_member_day"),
             # the hardware of the timings (records older than this field: None)
             "train_device": train.get("device"),
