@@ -24,6 +24,9 @@ CASES = [
     (["sample"], "give exactly one of run_dir"),
     (["sample", "run_dir=/nonexistent"], "run_dir not found"),
     (["sample", "ckpt=/nonexistent.ckpt"], "checkpoint not found"),
+    (["select"], "give run_dir=<train run dir> or candidates"),
+    (["select", "candidates=[/nonexistent/*.ckpt]"], "nothing matches /nonexistent/*.ckpt"),
+    (["sample", "dry.threshold=often"], "dry.threshold must be null, a number >= 0"),
     (["evaluate"], "no samples given"),
     (["evaluate", "samples=/nonexistent.zarr"], "samples store not found"),
 ]
