@@ -112,11 +112,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     paths = candidate_paths(cfg.get("run_dir"), cfg.get("candidates"))
     out_dir = Path(cfg.paths.output_dir)
     rows = []
+    seen: dict[tuple, str] = {}  # (run folder, epoch, step) -> label: last.ckpt is often a copy
     for path, label in zip(paths, labels(paths), strict=True):
         checkpoint = load_checkpoint(path)
         if in_regression_stage(checkpoint):
             print(f"select: {label} skipped (saved in the regression stage)")
             continue
+        moment = (path.parent, checkpoint.get("epoch"), checkpoint.get("global_step"))
+        if moment in seen:
+            print(f"select: {label} skipped (the same training step as {seen[moment]})")
+            continue
+        seen[moment] = label
         draw = out_dir / "draws" / label.replace("/", "__") / "samples.zarr"
         result = sample.run(draw_config(cfg, path, draw))
         score = sample_crps(result["path"], cfg.get("variable"))

@@ -187,9 +187,9 @@ def test_trained_model_beats_an_untrained_one_on_crps(trained):
 
 
 def test_select_keeps_the_checkpoint_whose_validation_draw_scores_best(trained):
-    """Two candidates, the trained checkpoint and the same one with untrained weights: each draws
-    the val split, its CRPS is xskillscore's over the valid cells, and the trained one is copied to
-    selected.ckpt."""
+    """Two candidates, the trained checkpoint and the same one with untrained weights (and a copy
+    of that, skipped as the same training step): each draws the val split, its CRPS is
+    xskillscore's over the valid cells, and the trained one is copied to selected.ckpt."""
     import xskillscore as xs
 
     root, result = trained
@@ -198,12 +198,14 @@ def test_select_keeps_the_checkpoint_whose_validation_draw_scores_best(trained):
     blank = root / "blank" / "untrained.ckpt"
     blank.parent.mkdir()
     torch.save({**checkpoint, "state_dict": untrained.state_dict()}, blank)
+    copy = blank.with_name("untrained_copy.ckpt")  # the same run and step: drawn once
+    copy.write_bytes(blank.read_bytes())
     out = root / "select"
     cfg = compose_config(
         "select",
         [
             f"paths.output_dir={out}",
-            f"candidates=[{result['last_ckpt']},{blank}]",
+            f"candidates=[{result['last_ckpt']},{blank},{copy}]",
             "sampler=euler",
             "sampler.steps=20",
             "n_members=4",
