@@ -740,6 +740,8 @@ def _sample(
     from downscale import sample
 
     sampling = dataclasses.replace(sampling, n_members=n_members)
+    if sampling.checkpoint == "selected":  # first: the choice is kept (and timed) with the rows
+        _select(suite, sampling.model)
     overrides = _sample_overrides(suite, sampling, out, split, extra)
     setting = _setting(overrides)
     info = _recorded(out, setting)
@@ -747,8 +749,6 @@ def _sample(
         return info
     if sampling.derived_from:
         return _derive_draws(suite, sampling, out, split, setting)
-    if sampling.checkpoint == "selected":
-        _select(suite, sampling.model)
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
