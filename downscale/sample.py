@@ -287,14 +287,14 @@ def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
     for key, value in overrides.items():
         OmegaConf.update(fit_cfg, key, value, merge=True, force_add=True)
     job = prepare(fit_cfg)
-    drawn = draw(fit_cfg, job)
-    samples = xr.open_zarr(drawn["path"], consolidated=False)
     variables = list(cfg.dry.get("variables") or job.datamodule.targets)
     require(
-        len(variables) == 1,
-        f"dry.threshold=auto fits one variable, but this model has {', '.join(variables)}; "
-        "name it, e.g. dry.variables=[precip]",
+        len(variables) == 1 and variables[0] in job.datamodule.targets,
+        f"dry.threshold=auto fits one predictand of {', '.join(job.datamodule.targets)}, got "
+        f"{', '.join(variables)}; name it, e.g. dry.variables=[precip]",
     )
+    drawn = draw(fit_cfg, job)
+    samples = xr.open_zarr(drawn["path"], consolidated=False)
     name = variables[0]
     obs = job.datamodule.ds[name].isel(time=samples["time_index"].values)
     threshold, frequency = fit_dry_threshold(samples[name].values, obs.values, wet_day)

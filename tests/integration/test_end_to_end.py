@@ -157,6 +157,22 @@ def test_dry_threshold_auto_fits_on_the_validation_draw_and_zeroes_the_drizzle(t
     assert ((free > 0) & (free < threshold)).any()  # the correction had drizzle to remove
 
 
+@pytest.mark.parametrize("threshold", ["auto", "0.5"])
+def test_dry_variables_must_name_a_predictand(trained, threshold):
+    root, result = trained
+    cfg = sample_cfg(
+        root,
+        result["run_dir"],
+        f"dry_{threshold}",
+        f"dry.threshold={threshold}",
+        "dry.variables=[tas]",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        sample.run(cfg)
+    assert exit_info.value.code == 2
+    assert not (root / f"dry_{threshold}").exists()  # refused before anything was drawn
+
+
 def test_trained_model_beats_an_untrained_one_on_crps(trained):
     root, result = trained
     checkpoint = load_checkpoint(result["last_ckpt"])
