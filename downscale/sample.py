@@ -315,13 +315,21 @@ def draw(cfg: DictConfig, job: SampleJob) -> dict[str, Any] | None:
     devices = int(cfg.get("devices", 1))
     if devices > 1:
         return launch_ranks(cfg, devices)
+    return write_job(job, cfg, resolve_device(cfg.device))
+
+
+def write_job(
+    job: SampleJob, cfg: DictConfig, device: torch.device, ranks: Ranks | None = None
+) -> dict[str, Any]:
+    """``write_samples`` for ``job`` with the config's batch size, on ``device`` (and ``ranks``)."""
     return write_samples(
         job.model,
         job.datamodule,
         job.sampler,
         job.request,
         batch_size=int(cfg.batch_size),
-        device=resolve_device(cfg.device),
+        device=device,
+        ranks=ranks,
         constraint=job.constraint,
     )
 
@@ -390,16 +398,7 @@ def _sample_on_rank(fabric: Any, cfg: DictConfig) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the parent process already warned
             job = prepare(cfg)
-        return write_samples(
-            job.model,
-            job.datamodule,
-            job.sampler,
-            job.request,
-            batch_size=int(cfg.batch_size),
-            device=fabric.device,
-            ranks=Ranks(fabric.global_rank, fabric.world_size),
-            constraint=job.constraint,
-        )
+        return write_job(job, cfg, fabric.device, Ranks(fabric.global_rank, fabric.world_size))
     except UserError as exc:
         raise RuntimeError(_USER_ERROR + " ".join(str(exc).split())) from None
 
