@@ -3,9 +3,10 @@
 
 A diffusion model's validation loss (the denoising error over all noise levels) does not rank its
 checkpoints, or its seeds, the way their ensembles score. On Iberia, the residual EDM's samples on
-the validation winter got worse over the last 40 epochs while that loss improved, and the loss could
-not tell a good seed from one 0.14 mm/day worse in test CRPS; the CRPS of a validation draw ranked
-all four in the order of their test CRPS (docs/models.md, "Choosing a checkpoint by its samples").
+the validation winter were best up to 30 epochs before that loss was lowest, and the loss could not
+tell a good seed from one 0.14 mm/day worse in test CRPS; the CRPS of a validation draw ranked
+all four runs in the order of their test CRPS (docs/models.md, "Choosing a checkpoint by its
+samples").
 
 Each candidate draws ``split`` (default ``val``) with the configured sampler, members and seed (the
 same noise for every candidate) through ``downscale.sample`` (resumable), is scored by its CRPS
