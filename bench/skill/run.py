@@ -403,9 +403,12 @@ SUITES: dict[str, Suite] = {
         anchors=_IBERIA_ANCHORS,
         # 8 members of the validation winter per checkpoint, the rows' sampler
         checkpoint_choice=("sampler=dpmpp_2m", "sampler.steps=10", _SCALED, "n_members=8"),
-        note="`make bench-skill` takes the residual EDM's 16-member row as the first 16 members of "
-        "its 32-member draw (members are seeded by seed, day and member; the same values to 3e-4 "
-        "mm/day as the 16-member command below, which drew the table's row).",
+        note="Each residual EDM's 16-member row is the first 16 members of its 32-member draw "
+        "(members are seeded by seed, day and member, so they are the draws of a 16-member run, "
+        "to 3e-4 mm/day). Rows marked val-CRPS checkpoint sample the checkpoint `downscale.select` "
+        "picked by the CRPS of 8 members on the validation winter (its time is in `train s`); "
+        "dry threshold: `dry.threshold=auto`, fitted on a validation draw (its time is in the "
+        "sampling time).",
     ),
     # The GPU settings of the residual EDM on the same data, test days and scorecard: a bigger net
     # (net=small, two learning rates) and the CPU net trained 4x longer. Every setting is reported

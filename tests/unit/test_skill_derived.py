@@ -93,3 +93,42 @@ def test_a_smaller_row_is_the_first_members_of_a_larger_draw(tmp_path, monkeypat
     too_many = skill._first_members(big, "four members", 4)
     with pytest.raises(SystemExit, match="more members"):
         skill._sample(suite, too_many, skill._samples_path(suite, too_many), "test", 4)
+
+
+def test_a_selected_row_samples_the_chosen_checkpoint_and_chooses_once_per_training(
+    tmp_path, monkeypatch
+):
+    """A row with checkpoint="selected" samples <suite>/select/<model>/selected.ckpt; the choice
+    runs downscale.select once, is reused while the run's last.ckpt is the same, and runs again
+    when the model was retrained. The select command is listed with the suite's commands."""
+    from downscale import select
+
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    row = skill.Sampling("chosen", "model", ("sampler=euler",), 2, checkpoint="selected")
+    suite = skill.Suite(
+        "toy", (), "toy.zarr", {"model": "demo"}, (row,), {}, "a grid",
+        checkpoint_choice=("n_members=2",),
+    )  # fmt: skip
+    last = skill._train_dir(suite, "model") / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"first training")
+    calls = []
+
+    def fake_select(cfg):
+        calls.append((cfg.run_dir, cfg.n_members))
+        return {"best": {"label": "epoch-0009"}, "seconds": 3.0}
+
+    monkeypatch.setattr(select, "run", fake_select)
+    overrides = skill._sample_overrides(suite, row, tmp_path / "s.zarr", "test")
+    assert (
+        overrides[0] == f"ckpt={tmp_path / 'skill' / 'toy' / 'select' / 'model' / 'selected.ckpt'}"
+    )
+    skill._select(suite, "model")
+    skill._select(suite, "model")
+    assert calls == [(str(skill._train_dir(suite, "model")), 2)]
+    last.write_bytes(b"retrained")
+    skill._select(suite, "model")
+    assert len(calls) == 2
+    assert any(
+        line.startswith("python -m downscale.select run_dir=") for line in skill._commands(suite)
+    )
