@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import glob
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -137,7 +138,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         print(f"select: {label} (epoch {checkpoint.get('epoch')}): CRPS {score:.4g} on {cfg.split}")
     require(rows, "select: every candidate was saved in the regression stage; train longer")
-    best = min(rows, key=lambda row: row["crps"])
+    # a diverged draw scores NaN; it must lose, not win (NaN compares False with everything)
+    best = min(rows, key=lambda row: row["crps"] if math.isfinite(row["crps"]) else math.inf)
+    require(
+        math.isfinite(best["crps"]),
+        "select: no candidate's draw has a finite CRPS (the sampler diverged); try another "
+        "sampler or more steps",
+    )
     selected = out_dir / "selected.ckpt"
     with atomic_path(selected) as tmp:
         shutil.copyfile(best["checkpoint"], tmp)
