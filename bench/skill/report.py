@@ -124,9 +124,9 @@ def _gcm(gcm: dict[str, Any]) -> list[str]:
         "",
         "### GCM application (CNRM-CM5 historical predictors, test winters 1998-2002)",
         "",
-        "The EDM trained on NCEP reanalysis applied to the CNRM-CM5 predictors (scaled with the "
-        f"reanalysis scalers from the checkpoint; {gcm.get('n_members', 4)} members). GCM days "
-        "are not observed days, so only "
+        f"{gcm['sampling']}: the model trained on NCEP reanalysis applied to the CNRM-CM5 "
+        "predictors (scaled with the reanalysis scalers from the checkpoint; "
+        f"{gcm.get('n_members', 4)} members{_gcm_dry(gcm)}). GCM days are not observed days, so only "
         "distributions are compared: all valid cells and days (members pooled); wet day >= 1 "
         "mm/day; spectral distance = RMS over wavenumbers of the dB ratio of the time-mean "
         "spectrum to E-OBS's.",
@@ -137,6 +137,13 @@ def _gcm(gcm: dict[str, Any]) -> list[str]:
     for name, row in gcm["summary"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + " |")
     return lines
+
+
+def _gcm_dry(gcm: dict[str, Any]) -> str:
+    threshold = gcm.get("dry_threshold")
+    if threshold is None:
+        return ""
+    return f"; drizzle threshold {threshold:.3f} mm/day, the one fitted for the reanalysis draw"
 
 
 def write_results(data: dict[str, Any], path: Path) -> None:

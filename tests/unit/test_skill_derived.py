@@ -3,6 +3,7 @@ store, not from drawing again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -132,3 +133,23 @@ def test_a_selected_row_samples_the_chosen_checkpoint_and_chooses_once_per_train
     assert any(
         line.startswith("python -m downscale.select run_dir=") for line in skill._commands(suite)
     )
+
+
+def test_the_gcm_draw_takes_the_drizzle_threshold_fitted_for_the_reanalysis_draw(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    core = skill.Sampling("core", "model", ("sampler=euler", "dry.threshold=auto"), 8)
+    suite = dataclasses.replace(
+        skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, (core,), {}, "a grid"),
+        gcm_sampling="core",
+    )
+    # before the reanalysis draw there is no value to take
+    assert skill._gcm_job(suite).overrides == core.overrides
+    fitted = {"threshold": 1.25, "fit_split": "val", "wet_day": 1.0}
+    xr.Dataset(attrs={"dry": json.dumps(fitted)}).to_zarr(
+        skill._samples_path(suite, core), consolidated=False
+    )
+    job = skill._gcm_job(suite)
+    assert job.overrides == ("sampler=euler", "dry.threshold=1.25")
+    assert (job.name, job.n_members) == ("core", skill.GCM_MEMBERS)
