@@ -61,6 +61,8 @@ class Sampling:
     # the row whose store this row is derived from, without running the model (_derive_draws):
     # its first n_members members, conserved when the overrides add conserve=
     derived_from: str | None = None
+    # rows whose stores this row pools (downscale.pool): the first n_members / len of each
+    pooled_from: tuple[str, ...] = ()
     # "best": the lowest validation loss; "selected": the checkpoint of the model's run whose
     # validation draw scores the lowest CRPS (downscale.select with Suite.checkpoint_choice)
     checkpoint: str = "best"
@@ -74,6 +76,18 @@ def _conserved(source: Sampling, method: str = "multiplicative") -> Sampling:
         name=f"{source.name}, conserved",
         overrides=(*source.overrides, f"conserve={method}"),
         derived_from=source.name,
+    )
+
+
+def _pooled(name: str, sources: Sequence[Sampling], n_members: int) -> Sampling:
+    """A multi-seed or multi-model ensemble: ``n_members / len(sources)`` members of each source's
+    draws (downscale.pool; the sources are drawn with different sampling seeds)."""
+    return Sampling(
+        name,
+        sources[0].model,
+        n_members=n_members,
+        ablation=True,
+        pooled_from=tuple(s.name for s in sources),
     )
 
 
@@ -243,6 +257,49 @@ _IBERIA_LOG_32 = _chosen(
     "residual",
     ablation=True,
 )
+# deep ensembles (notes item 23): 16 members of the core row with 16 of a second training, drawn
+# with sampling seed 1 so that the two halves do not share noise
+_IBERIA_SQRT_SEED1_32 = _chosen(
+    "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, "
+    "dry threshold, 32 members",
+    "residual_sqrt_cf_seed1",
+    ablation=True,
+)
+
+
+def _reseeded(source: Sampling, name: str) -> Sampling:
+    """16 members of ``source`` drawn with sampling seed 1 (a pool's second half)."""
+    return dataclasses.replace(
+        source, name=name, overrides=(*source.overrides, "seed=1"), n_members=16
+    )
+
+
+_IBERIA_SQRT_SEED1_S1 = _reseeded(
+    _IBERIA_SQRT_SEED1_32,
+    "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, "
+    "dry threshold, sampling seed 1, 16 members",
+)
+_IBERIA_LOG_S1 = _reseeded(
+    _IBERIA_LOG_32,
+    "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, sampling "
+    "seed 1, 16 members",
+)
+_IBERIA_POOLS = (
+    _IBERIA_SQRT_SEED1_S1,
+    _pooled(
+        "residual EDM, sqrt target, cross-fit 2, seeds 42 + 1 pooled (16 + 16 members), "
+        "val-CRPS checkpoints, dry threshold",
+        (_IBERIA_RESIDUAL_32, _IBERIA_SQRT_SEED1_S1),
+        32,
+    ),
+    _IBERIA_LOG_S1,
+    _pooled(
+        "residual EDM, sqrt + log targets pooled (16 + 16 members), val-CRPS checkpoints, "
+        "dry threshold",
+        (_IBERIA_RESIDUAL_32, _IBERIA_LOG_S1),
+        32,
+    ),
+)
 _IBERIA_RESIDUAL_RAW_32 = Sampling(
     "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 32 members",
     "residual",
@@ -392,12 +449,8 @@ SUITES: dict[str, Suite] = {
                 32,
                 ablation=True,
             ),
-            _chosen(
-                "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), "
-                "val-CRPS checkpoint, dry threshold, 32 members",
-                "residual_sqrt_cf_seed1",
-                ablation=True,
-            ),
+            _IBERIA_SQRT_SEED1_32,
+            *_IBERIA_POOLS,
             Sampling(
                 "EDM long, dpm2_heun 20 steps (39 NFE), 4 members",
                 "edm_long",
@@ -605,7 +658,10 @@ def _commands(suite: Suite) -> list[str]:
     lines += [_command("select", _select_overrides(suite, model)) for model in chosen]
     for sampling in _samplings(suite):
         out = _samples_path(suite, sampling)
-        lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
+        if sampling.pooled_from:
+            lines.append(_command("pool", _pool_overrides(suite, sampling, out)))
+        else:
+            lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
     if suite.gcm_store:
         edm = _gcm_job(suite)
         out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
@@ -765,6 +821,8 @@ def _sample(
         return info
     if sampling.derived_from:
         return _derive_draws(suite, sampling, out, split, setting)
+    if sampling.pooled_from:
+        return _pool_draws(suite, sampling, out, split, setting)
     cfg = compose_config("sample", [*overrides, *_common(), f"paths.output_dir={out.parent}"])
     result = sample.run(cfg)
     n_days = xr.open_zarr(out, consolidated=False).sizes["time"]
@@ -794,7 +852,7 @@ def _derive_draws(
     from downscale.sampling.constraints import conserve_samples
     from downscale.utils.atomic import atomic_path
 
-    source = next(s for s in suite.samplings if s.name == sampling.derived_from)
+    source = _row(suite, sampling.derived_from)
     if sampling.n_members > source.n_members:
         sys.exit(f"error: {sampling.name} asks for more members than {source.name} has")
     source_out = _samples_path(suite, source)
@@ -825,6 +883,55 @@ def _derive_draws(
     return info
 
 
+def _pool_overrides(suite: Suite, sampling: Sampling, out: Path) -> list[str]:
+    """downscale.pool's overrides for a pooled row: its sources' stores, members of each."""
+    paths = [_samples_path(suite, _row(suite, name)) for name in sampling.pooled_from]
+    each = sampling.n_members // len(paths)
+    return [
+        f"stores=[{','.join(map(str, paths))}]",
+        f"n_members={each}",
+        f"out={out}",
+        "evaluate=false",
+    ]
+
+
+def _row(suite: Suite, name: str) -> Sampling:
+    return next(s for s in suite.samplings if s.name == name)
+
+
+def _pool_draws(
+    suite: Suite, sampling: Sampling, out: Path, split: str, setting: list[str]
+) -> dict:
+    """A pooled row from its sources' stores (each drawn first if missing) with downscale.pool;
+    its time is the share of each source's draw that its members cost, plus the pooling."""
+    from downscale import pool
+
+    sources = [_row(suite, name) for name in sampling.pooled_from]
+    each = sampling.n_members // len(sources)
+    if each * len(sources) != sampling.n_members or any(s.n_members < each for s in sources):
+        sys.exit(
+            f"error: {sampling.name}: {sampling.n_members} members do not split over its sources"
+        )
+    paths = [_samples_path(suite, s) for s in sources]
+    drawn = [_sample(suite, s, p, split, s.n_members) for s, p in zip(sources, paths, strict=True)]
+    overrides = [*_pool_overrides(suite, sampling, out), f"paths.output_dir={out.parent}"]
+    result = pool.run(compose_config("pool", overrides))
+    total = sum(d["seconds"] * each / s.n_members for d, s in zip(drawn, sources, strict=True))
+    total += result["seconds"]
+    info = {
+        "seconds": total,
+        "nfe": max(d["nfe"] for d in drawn),
+        "n_members": sampling.n_members,
+        "n_days": drawn[0]["n_days"],
+        "seconds_per_member_day": total / (sampling.n_members * drawn[0]["n_days"]),
+        "pooled_from": list(sampling.pooled_from),
+        "overrides": setting,
+        "device": drawn[0].get("device"),
+    }
+    _write_json(out.parent / "timing.json", info)
+    return info
+
+
 def _samples_path(suite: Suite, sampling: Sampling) -> Path:
     return OUT / suite.name / "samples" / _slug(sampling.name) / "samples.zarr"
 
@@ -846,7 +953,7 @@ def _samplings(suite: Suite) -> list[Sampling]:
 
 
 def _gcm_sampling(suite: Suite) -> Sampling:
-    return next(s for s in suite.samplings if s.name == suite.gcm_sampling)
+    return _row(suite, suite.gcm_sampling)
 
 
 def _gcm_job(suite: Suite) -> Sampling:
@@ -989,16 +1096,11 @@ def stage_evaluate(suite: Suite, only: str | None) -> None:
         )
         timing = _read_json(path.parent / "timing.json")
         train = _read_json(_train_dir(suite, sampling.model) / "summary.json")
-        train_seconds = train.get("train_seconds")
-        if sampling.checkpoint == "selected" and train_seconds is not None:
-            # choosing the checkpoint (its validation draws) is part of the training cost
-            selection = _read_json(_selection_dir(suite, sampling.model) / "selection.json")
-            train_seconds += selection.get("seconds", 0.0)
         results["methods"][sampling.name] = {
             **_headline(flat, q99_obs),
             "n_members": int(da.sizes["member"]),
             "nfe": timing.get("nfe"),
-            "train_seconds": train_seconds,
+            "train_seconds": _train_seconds(suite, sampling),
             "sample_seconds_per_member_day": timing.get("seconds_per_member_day"),
             # the hardware of the timings (records older than this field: None)
             "train_device": train.get("device"),
@@ -1007,6 +1109,23 @@ def stage_evaluate(suite: Suite, only: str | None) -> None:
         }
         _write_json(OUT / suite.name / "scores.json", results)
         _log(f"evaluated {sampling.name}: CRPS {flat['crps']:.3f}")
+
+
+def _train_seconds(suite: Suite, sampling: Sampling) -> float | None:
+    """What a row's model cost to train: its training, plus choosing its checkpoint (the
+    validation draws of downscale.select); a pooled row's, every source model's once."""
+    if sampling.pooled_from:
+        sources = [_row(suite, name) for name in sampling.pooled_from]
+        models = {(s.model, s.checkpoint): s for s in sources}.values()
+        costs = [_train_seconds(suite, s) for s in models]
+        return None if None in costs else sum(costs)
+    train_seconds = _read_json(_train_dir(suite, sampling.model) / "summary.json").get(
+        "train_seconds"
+    )
+    if sampling.checkpoint == "selected" and train_seconds is not None:
+        selection = _read_json(_selection_dir(suite, sampling.model) / "selection.json")
+        train_seconds += selection.get("seconds", 0.0)
+    return train_seconds
 
 
 def stage_gcm(suite: Suite) -> None:

@@ -27,6 +27,8 @@ CASES = [
     (["select"], "give run_dir=<train run dir> or candidates"),
     (["select", "candidates=[/nonexistent/*.ckpt]"], "nothing matches /nonexistent/*.ckpt"),
     (["sample", "dry.threshold=often"], "dry.threshold must be null, a number >= 0"),
+    (["pool"], "stores must list two or more sample stores"),
+    (["pool", "stores=[/nonexistent/a.zarr,/nonexistent/b.zarr]"], "does not exist; sample it"),
     (["evaluate"], "no samples given"),
     (["evaluate", "samples=/nonexistent.zarr"], "samples store not found"),
 ]

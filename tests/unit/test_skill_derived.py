@@ -27,10 +27,11 @@ def toy_suite(tmp_path, dm, samplings) -> skill.Suite:
     return skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, tuple(samplings), {}, "a grid")
 
 
-def record_draw(suite, dm, sampling) -> int:
+def record_draw(suite, dm, sampling, seed: int = 7) -> int:
     """``sampling``'s store and timing record as the bench leaves them; returns the day count."""
     source = skill._samples_path(suite, sampling)
-    req = request(source.parent, dm, n_members=sampling.n_members)
+    attrs = {"sampler": "euler_ancestral", "seed": seed}
+    req = request(source.parent, dm, n_members=sampling.n_members, seed=seed, attrs=attrs)
     write_samples(GaussianModel(), dm, sampler(), req, progress=False)
     n_days = len(dm.split_indices["test"])
     record = {
@@ -153,3 +154,41 @@ def test_the_gcm_draw_takes_the_drizzle_threshold_fitted_for_the_reanalysis_draw
     job = skill._gcm_job(suite)
     assert job.overrides == ("sampler=euler", "dry.threshold=1.25")
     assert (job.name, job.n_members) == ("core", skill.GCM_MEMBERS)
+
+
+def test_a_pooled_row_is_half_of_each_sources_draws(tmp_path, monkeypatch):
+    dm = synthetic_datamodule(tmp_path / "cache", 20, {"train": [0.0, 0.5], "test": [0.5, 1.0]})
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    first = skill.Sampling("first training", "model", ("sampler=euler",), 4)
+    second = skill.Sampling("second training", "other", ("sampler=euler", "seed=1"), 2)
+    pooled = skill._pooled("both", (first, second), 4)
+    suite = dataclasses.replace(
+        toy_suite(tmp_path, dm, (first, second, pooled)),
+        models={"model": "demo", "other": "demo seed=1"},
+    )
+    record_draw(suite, dm, first, seed=0)
+    record_draw(suite, dm, second, seed=1)
+    for model, seconds in (("model", 10.0), ("other", 20.0)):
+        summary = skill._train_dir(suite, model) / "summary.json"
+        summary.parent.mkdir(parents=True)
+        summary.write_text(json.dumps({"train_seconds": seconds}))
+
+    out = skill._samples_path(suite, pooled)
+    info = skill._sample(suite, pooled, out, "test", 4)
+
+    values = xr.open_zarr(out, consolidated=False).precip.values
+    halves = [
+        xr.open_zarr(skill._samples_path(suite, s), consolidated=False).precip.values[:2]
+        for s in (first, second)
+    ]
+    np.testing.assert_array_equal(values, np.concatenate(halves))
+    # half of the first draw's time, all of the second's, plus the pooling
+    assert info["seconds"] == pytest.approx(SOURCE_SECONDS * (2 / 4 + 2 / 2), abs=5.0)
+    assert info["seconds"] > SOURCE_SECONDS * 1.5
+    assert skill._train_seconds(suite, pooled) == 30.0  # both trainings
+    monkeypatch.setattr(skill, "ABLATIONS", True)  # pooled rows are ablations
+    (command,) = [c for c in skill._commands(suite) if "downscale.pool" in c]
+    assert "n_members=2" in command and "second_training" in command
+    odd = skill._pooled("odd", (first, second), 3)
+    with pytest.raises(SystemExit, match="do not split over its sources"):
+        skill._sample(suite, odd, skill._samples_path(suite, odd), "test", 3)
