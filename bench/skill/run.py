@@ -517,7 +517,9 @@ SUITES: dict[str, Suite] = {
         anchors=_IBERIA_ANCHORS,
         # 8 members of the validation winter per checkpoint, the rows' sampler
         checkpoint_choice=("sampler=dpmpp_2m", "sampler.steps=10", _SCALED, "n_members=8"),
-        note="Each residual EDM's 16-member row is the first 16 members of its 32-member draw "
+        note="Pooled rows (`downscale.pool`) hold the first members of two draws of different "
+        "trainings, the second drawn with sampling seed 1; their `train s` is both trainings'. "
+        "Each residual EDM's other 16-member rows are the first 16 members of its 32-member draw "
         "(members are seeded by seed, day and member, so they are the draws of a 16-member run, "
         "to 3e-4 mm/day). Rows marked val-CRPS checkpoint sample the checkpoint `downscale.select` "
         "picked by the CRPS of 8 members on the validation winter (its time is in `train s`); "
