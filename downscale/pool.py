@@ -121,6 +121,14 @@ def source_record(path: str, ds: xr.Dataset, n_members: int) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "n_members": n_members, **drawn}
 
 
+def _pooled_record(out: Path) -> str | None:
+    """The sources a finished pool at ``out`` records (None: not a pool, or unreadable)."""
+    try:
+        return xr.open_zarr(out, consolidated=False).attrs.get("pooled_from")
+    except Exception:  # noqa: BLE001 - whatever is there, it is not this pool
+        return None
+
+
 @report_user_errors
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Pool ``cfg.stores`` into ``cfg.out`` (and evaluate it); returns its path and members."""
@@ -136,7 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = json.dumps([source_record(path, ds, n) for path, ds, n in records])
     out = Path(cfg.out)
     if out.exists():
-        done = xr.open_zarr(out, consolidated=False).attrs.get("pooled_from")
+        done = _pooled_record(out)
         require(
             done == record,
             f"out={out} exists and pools other stores or members; remove it or choose another out=",
