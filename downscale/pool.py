@@ -4,12 +4,12 @@ A multi-seed (or multi-model) ensemble: the members of several sample stores of 
 grid and predictands, drawn by different checkpoints (training seeds, targets or architectures),
 side by side along ``member``. A deep ensemble's members carry the spread between trainings as well
 as each model's own (Lakshminarayanan et al. 2017, NeurIPS); on Iberia two seeds of the residual
-EDM, 16 members each, are calibrated (spread/skill 0.93) where each alone is under-dispersed
-(bench/skill/notes.md, item 23).
+EDM, 16 members each, reach spread/skill 0.95 where the first alone has 0.81 (bench/skill/notes.md,
+items 23-24).
 
 The stores must come from different sampling seeds (``seed=``): members are seeded by (seed, day,
 member), so two checkpoints drawn with the same seed map the same noise to nearly the same sample,
-and the pool is worth fewer members than it has (0.015 mm/day of CRPS on Iberia). Each store keeps
+and the pool is worth fewer members than it has (0.017 mm/day of CRPS on Iberia). Each store keeps
 its own post-processing (drizzle threshold, conservation); the pool is written to a temporary path
 and renamed when complete.
 """

@@ -236,8 +236,9 @@ def _chosen(name: str, model: str, ablation: bool = False) -> Sampling:
     )
 
 
-# the table's residual EDM: experiment=iberia_residual_sqrt, chosen over the log target on the
-# validation winter (docs/models.md, "Choosing a checkpoint by its samples")
+# one 100-epoch training of experiment=iberia_residual_sqrt (chosen over the log target on the
+# validation winter; docs/models.md, "Choosing a checkpoint by its samples"): the table's core
+# until the pool of two 60-epoch trainings below replaced it (notes item 24)
 _IBERIA_RESIDUAL_32 = _chosen(
     "residual EDM, sqrt target, cross-fit 2, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, "
     "dry threshold, 32 members",
@@ -304,8 +305,8 @@ _IBERIA_LOG_32 = _chosen(
     "residual",
     ablation=True,
 )
-# deep ensembles (notes item 23): 16 members of the core row with 16 of a second training, drawn
-# with sampling seed 1 so that the two halves do not share noise
+# deep ensembles of 100-epoch trainings (notes item 23): 16 members of the row above with 16 of a
+# second training, drawn with sampling seed 1 so that the two halves do not share noise
 _IBERIA_SQRT_SEED1_32 = _chosen(
     "residual EDM, sqrt target, cross-fit 2, seed 1, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, "
     "dry threshold, 32 members",
