@@ -90,7 +90,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
+        # each (B, heads, HW, C/heads), contiguous: the fused (flash / memory-efficient) kernels
+        # need a unit stride in the last dimension, else SDPA falls back to materialising the
+        # HW x HW matrix (64 GiB for 1024 128 x 128 tiles of net=tiny on a GPU)
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(-1, -2).reshape(B, C, H, W)
         return x + self.proj(out)
