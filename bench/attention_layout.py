@@ -16,8 +16,6 @@ Writes ``bench/results/attention_layout[_<device>].json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import git_commit  # noqa: E402
+from bench.common import write_device_result  # noqa: E402
 from downscale.nets import layers  # noqa: E402
 from downscale.nets.unet import UNet  # noqa: E402
 
@@ -99,14 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": torch.get_num_threads(),
         "rows": rows,
-        "torch": torch.__version__,
-        "machine": f"{platform.node()} {platform.machine()}",
-        "commit": git_commit(),
-        "command": "python bench/attention_layout.py " + " ".join(argv or sys.argv[1:]),
     }
-    suffix = "" if device.type == "cpu" else f"_{device.type}"
-    out = ROOT / "bench" / "results" / f"attention_layout{suffix}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_device_result("attention_layout", device.type, result)
     return result
 
 
