@@ -327,8 +327,9 @@ _IBERIA_CORE = (
 
 
 def _sqrt_40(seed: int) -> Sampling:
-    """11 members of a 40-epoch training of the square-root setting (15 regression epochs, where
-    its validation was best, then 25 of the residual), drawn with sampling seed 0, 1 or 2."""
+    """11 members of a 40-epoch training of the square-root setting (15 regression epochs, about
+    where the regression's validation stops improving, then 25 of the residual), drawn with
+    sampling seed 0, 1 or 2."""
     model, label, sampling_seed = {
         42: ("", "", 0),
         1: ("_seed1", " seed 1,", 1),
@@ -728,7 +729,7 @@ SUITES: dict[str, Suite] = {
         "lon -113.84 to -72.89), predictor its x8 conservative coarse-graining (256 x 512); test = "
         "last 8 frames (00:56-01:10); scores over the cells the radar covers (98.9%)",
         # the whole domain's 8 frames score in parallel (one dask chunk per frame); no figures:
-        # over 2048 x 4096 they cost about what the scores do, and the table does not use them
+        # the table does not use them, and a lease's minutes go to sampling
         eval_overrides=(*_RADAR_EVAL, "evaluation.chunks.time=1", "~evaluation.figures"),
         anchors=_RADAR_ANCHORS,
         gpu=True,
