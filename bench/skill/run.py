@@ -161,8 +161,8 @@ _RADAR_RESIDUAL = Sampling(
 _RADAR_GAN = Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8)
 
 # the whole MRMS domain on a GPU (suite radar_gpu): tiles of the 128 x 128 training patch, 1024
-# tiles per denoiser call (tiling's default 16 leaves a GPU idle), every 8 x 8 block's mean set to
-# the coarse field. 2 members: on one H100 they took 54 s for the 8 test frames (10 NFE, net=tiny),
+# tiles per denoiser call (tiling's default is 16), every 8 x 8 block's mean set to the coarse
+# field. 2 members: on one H100 they took 54 s for the 8 test frames (10 NFE, net=tiny),
 # what a 15-minute lease left after training
 _RADAR_FULL_RESIDUAL = Sampling(
     "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 2 members, conserved",
