@@ -157,8 +157,8 @@ class TiledDenoiser:
         if anchor is None:
             anchor = torch.zeros(b, 2, dtype=torch.int64, device=x.device)
         # every (batch element, tile) pair, batch-major; each chunk is one gather per input and one
-        # scatter-add into the output: a per-tile copy and add cost ~3 kernel launches a tile, 0.59
-        # s a call on an H100 over 8 fields of 2048 x 4096 against 0.014 s (bench/tiling.py)
+        # scatter-add into the output, where a per-tile copy and blend cost ~3 kernel launches a
+        # tile on a GPU (bench/tiling.py; 0.014 s a call over 8 fields of 2048 x 4096 on an H100)
         n_tiles = len(corners)
         element = torch.arange(b, device=x.device).repeat_interleave(n_tiles)
         tile = torch.arange(n_tiles, device=x.device).repeat(b)
