@@ -192,6 +192,13 @@ def prepare(cfg: DictConfig) -> SampleJob:
     ckpt_path = find_checkpoint(cfg.get("run_dir"), cfg.get("ckpt"))
     checkpoint = load_checkpoint(ckpt_path)
     model = load_model(checkpoint, ckpt_path)
+    if cfg.get("residual_mean"):
+        require(
+            hasattr(model, "conditional_mean"),
+            f"residual_mean=true draws a residual model's regression stage, but {ckpt_path} holds "
+            f"a {type(model).__name__}; pass a model=residual checkpoint or drop residual_mean",
+        )
+        model = model.conditional_mean()
     datamodule = build_datamodule(checkpoint, cfg.get("data"))
     require(
         cfg.split in datamodule.split_indices,

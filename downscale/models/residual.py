@@ -407,6 +407,10 @@ class ResidualModel(DownscaleModule):
             self.set_sigma_data(value)
         self.best_regression = checkpoint.get("downscale", {}).get("best_regression")
 
+    def conditional_mean(self) -> ConditionalMean:
+        """Its regression stage as a one-shot model (``downscale.sample residual_mean=true``)."""
+        return ConditionalMean(self.inference_module()["regression"], self.out_channels)
+
     @torch.no_grad()
     def generate(
         self,
@@ -435,3 +439,35 @@ class ResidualModel(DownscaleModule):
             anchor=repeat_members(anchor, n_members),
         )
         return (mean + residual).view(b, n_members, self.out_channels, h, w)
+
+
+class ConditionalMean(nn.Module):
+    """A residual model's regression ``mu(cond)`` (Mardani et al. 2024's first stage) drawn like a
+    regression model: one deterministic member, tiled with the sampling config's ``tiling=``. It is
+    exactly the mean :meth:`ResidualModel.generate` adds its residuals to, so a store of it scores
+    the diffusion stage's contribution against the same regression."""
+
+    #: the sampling driver draws one member and passes no stepped sampler
+    stochastic = False
+    needs_sampler = False
+
+    def __init__(self, regression: FieldPredictor, out_channels: int) -> None:
+        super().__init__()
+        self.regression, self.out_channels = regression, out_channels
+
+    @torch.no_grad()
+    def generate(
+        self,
+        cond: torch.Tensor,
+        n_members: int = 1,
+        *,
+        sampler: Callable | None = None,
+        generators: list[torch.Generator] | None = None,
+        anchor: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        require(
+            n_members == 1,
+            f"the conditional mean is deterministic: n_members={n_members} must be 1; use n_members=1",
+        )
+        wrap = getattr(sampler, "wrap", None)
+        return self.regression.predict(cond, self.out_channels, wrap, anchor)[:, None]

@@ -192,6 +192,7 @@ CASES = [
     ("sigma_min above sigma_max", "sample", ["run_dir={run_dir}", "schedule.sigma_min=100"], r"0 < sigma_min < sigma_max, got sigma_min=100.*set schedule.sigma_min"),
     ("CUDA device without a GPU", "sample", ["run_dir={run_dir}", "device=cuda"], r"device=cuda needs a CUDA GPU.*device=cpu"),
     ("unknown split", "sample", ["run_dir={run_dir}", "split=holdout"], r"split=holdout is not defined.*one of"),
+    ("conditional mean of an EDM", "sample", ["run_dir={run_dir}", "residual_mean=true"], r"residual_mean=true draws a residual model's regression stage, but .* holds a DiffusionModel; pass a model=residual checkpoint"),
     ("run dir without checkpoint", "sample", ["run_dir={root}"], r"no checkpoint in .*ckpt=<path>"),
     ("corrupt checkpoint", "sample", ["ckpt={corrupt}"], r"cannot load checkpoint .*complete"),
     ("truncated checkpoint", "sample", ["ckpt={truncated}"], r"cannot load checkpoint .*complete"),

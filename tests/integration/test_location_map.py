@@ -30,20 +30,17 @@ def test_patch_training_and_tiled_sampling_with_a_location_map(
 ):
     with tiny_training(tmp_path_factory, "location", *LOCATION, *MODELS[model]) as (root, result):
         monkeypatch.setenv("DOWNSCALE_CACHE_DIR", str(root / "cache"))
-        cfg = compose_config(
-            "sample",
-            [
-                f"paths.output_dir={root / 'sample'}",
-                f"run_dir={result['run_dir']}",
-                "sampler=euler",
-                "sampler.steps=3",
-                "n_members=2",
-                "evaluate=false",
-                "tiling=default",
-                "tiling.tile=16",
-                "tiling.overlap=8",
-            ],
-        )
+        overrides = [
+            f"run_dir={result['run_dir']}",
+            "sampler=euler",
+            "sampler.steps=3",
+            "n_members=2",
+            "evaluate=false",
+            "tiling=default",
+            "tiling.tile=16",
+            "tiling.overlap=8",
+        ]
+        cfg = compose_config("sample", [f"paths.output_dir={root / 'sample'}", *overrides])
         out = sample.run(cfg)
     ds = xr.open_zarr(out["path"], consolidated=False)
     obs = xr.open_zarr(ds.attrs["obs_store"], consolidated=False)
@@ -51,6 +48,14 @@ def test_patch_training_and_tiled_sampling_with_a_location_map(
     values = ds.precip.values
     assert values.shape[0] == (1 if model == "regression" else 2) and values.shape[-2:] == (32, 32)
     assert np.isfinite(values[..., valid]).all()
+    if model == "residual":  # its regression stage alone: one member, through the same tiles
+        mean_cfg = compose_config(
+            "sample", [*overrides, f"paths.output_dir={root / 'mean'}", "residual_mean=true"]
+        )
+        mean_cfg.n_members = 1
+        mean = xr.open_zarr(sample.run(mean_cfg)["path"], consolidated=False)
+        assert mean.attrs["model"] == "ConditionalMean" and mean.precip.shape[0] == 1
+        assert np.isfinite(mean.precip.values[..., valid]).all()
 
 
 def test_a_location_map_smaller_than_the_domain_is_one_line(tmp_path, cache_dir, capsys):

@@ -94,6 +94,27 @@ def test_the_regression_mean_is_tiled_with_the_samplers_wrapper():
     assert not torch.allclose(expected, untiled)  # the tiles change the result: tiling was used
 
 
+def test_conditional_mean_is_the_mean_generate_adds_residuals_to():
+    model = make().eval()
+    model.ema = None
+    _perturb(model.body)
+    cond = batch(b=2)["cond"]
+
+    def zero_residual(denoiser, cond_in, *, out_channels, generators, anchor):
+        return cond_in.new_zeros(cond_in.shape[0], out_channels, SIZE, SIZE)
+
+    zero_residual.wrap = functools.partial(TiledDenoiser, tile=SIZE // 2, overlap=4)
+    mean_model = model.conditional_mean()
+    assert not mean_model.stochastic and not mean_model.needs_sampler
+    out = mean_model.generate(cond, 1, sampler=zero_residual)
+    assert out.shape == (2, 1, C_OUT, SIZE, SIZE) and out.abs().max() > 0
+    torch.testing.assert_close(out, model.generate(cond, 1, sampler=zero_residual))
+    untiled = mean_model.generate(cond, 1)
+    torch.testing.assert_close(untiled[:, 0], model.regression(cond))
+    with pytest.raises(UserError, match="n_members=3 must be 1"):
+        mean_model.generate(cond, 3)
+
+
 def test_stages_train_regression_then_residual():
     model = make(regression_epochs=1)
     assert model.in_regression_stage()  # epoch 0 outside a Trainer
