@@ -5,12 +5,13 @@ against the strided views it passed before, in the same process.
 last dimension; strided views fall back to the reference implementation (on a GPU it builds the
 HW x HW matrix). For each input shape the two layouts alternate ``--repeats`` times; the table
 gives the fastest forward of each (thread time on the CPU, so other processes on the machine do not
-count; wall time with synchronisation on CUDA) and ``ratio`` = strided / contiguous::
+count; wall time with synchronisation on CUDA) and ``ratio`` = strided / contiguous.
+``--backward`` times a training step's forward and backward instead (training mode)::
 
-    OMP_NUM_THREADS=1 python bench/attention_layout.py
+    OMP_NUM_THREADS=1 python bench/attention_layout.py [--backward]
     python bench/attention_layout.py --device cuda
 
-Writes ``bench/results/attention_layout[_<device>].json``.
+Writes ``bench/results/attention_layout[_backward][_<device>].json``.
 """
 
 from __future__ import annotations
@@ -48,26 +49,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--backward", action="store_true", help="forward + backward, as training")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     cfg = yaml.safe_load((ROOT / "conf" / "net" / "tiny.yaml").read_text())
     net = UNet(1, 2, 1, **{k: v for k, v in cfg.items() if not k.startswith("_")}).to(device)
-    net.eval()
+    net.train(args.backward)
     layouts = {"strided": strided_forward, "contiguous": layers.Attention.forward}
 
     def timed(x, s, c) -> float:
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter() if cuda else time.thread_time()
-        net(x, s, c)
+        out = net(x, s, c)
+        if args.backward:
+            out.square().mean().backward()
+            net.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
         return (time.perf_counter() if cuda else time.thread_time()) - start
 
     rows = []
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(args.backward):
             for b, h, w in SHAPES:
                 x = torch.randn(b, 1, h, w, device=device)
                 c, s = torch.randn(b, 2, h, w, device=device), torch.ones(b, device=device)
@@ -96,9 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "threads": torch.get_num_threads(),
+        "pass": "forward + backward" if args.backward else "forward",
         "rows": rows,
     }
-    write_device_result("attention_layout", device.type, result)
+    name = "attention_layout_backward" if args.backward else "attention_layout"
+    write_device_result(name, device.type, result, script="attention_layout")
     return result
 
 
