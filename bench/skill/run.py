@@ -170,6 +170,16 @@ _RADAR_FULL_RESIDUAL = Sampling(
     (*_DPMPP_10, "tiling=default", "tiling.max_batch=1024", "conserve=multiplicative"),
     2,
 )
+# the regression row on the whole domain: the same lease's regression stage (15 epochs, its
+# best validation epoch kept), drawn alone (downscale.sample residual_mean=true). The lease left no
+# time to train a separate regression UNet; one forward pass a tile, so it is drawn on the CPU, 64
+# tiles a call
+_RADAR_FULL_MEAN = Sampling(
+    "regression UNet (the residual EDM's regression stage)",
+    "residual",
+    ("residual_mean=true", "tiling=default", "tiling.max_batch=64"),
+    1,
+)
 _RADAR_BASELINES: dict[str, dict[str, Any]] = {
     "nearest": {"_target_": f"{_B}.nearest_baseline"},
     "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
@@ -719,7 +729,7 @@ SUITES: dict[str, Suite] = {
         build=("build=radar_mrms",),
         store="radar_mrms.zarr",
         models={"residual": f"radar_mrms_residual {_RADAR_LEASE}"},
-        samplings=(_RADAR_FULL_RESIDUAL,),
+        samplings=(_RADAR_FULL_RESIDUAL, _RADAR_FULL_MEAN, _conserved(_RADAR_FULL_MEAN)),
         baselines={
             **_RADAR_BASELINES,
             # like for like with the 2-member model row (a 2-member CRPS is biased high)
@@ -737,8 +747,9 @@ SUITES: dict[str, Suite] = {
         "`669d19e` with this suite). Its training stopped at the lease's `trainer.max_time` after "
         "58 epochs (3226 steps: 15 regression epochs, then 43 of the residual EDM). It was drawn "
         "with the attention and tiling fixes of `664a240` and `41900be`, and scored on the GPU "
-        "machine with this scorecard (`downscale.sample ... evaluation=skill`). The baselines were "
-        "scored on the CPU, from the same store. See the notes, item 25.",
+        "machine with this scorecard (`downscale.sample ... evaluation=skill`). The regression rows "
+        "are its regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
+        "baselines, from the same store. See the notes, items 25 and 27.",
     ),
 }
 
