@@ -54,6 +54,24 @@ class FieldPredictor(nn.Module):
         return tiled_one_shot(lambda _field, c, a: self(c, anchor=a), field, cond, wrap, anchor)
 
 
+def one_member(
+    predictor: FieldPredictor,
+    cond: torch.Tensor,
+    out_channels: int,
+    n_members: int,
+    sampler: Callable | None,
+    anchor: torch.Tensor | None,
+    name: str = "regression model",
+) -> torch.Tensor:
+    """The single draw ``(B, 1, C, H, W)`` of a deterministic ``predictor``, through the sampling
+    config's tiling (``sampler.wrap``); ``n_members`` other than 1 is a user error."""
+    require(
+        n_members == 1,
+        f"the {name} is deterministic: n_members={n_members} must be 1; use n_members=1",
+    )
+    return predictor.predict(cond, out_channels, getattr(sampler, "wrap", None), anchor)[:, None]
+
+
 class RegressionNet(FieldPredictor):
     """``y_hat = F(cond)``: a UNet with ``noisy_channels=0`` called with ``x=None`` and no noise label
     (its noise embedding is then a learned constant)."""
@@ -150,11 +168,5 @@ class RegressionModel(DownscaleModule):
         generators: list[torch.Generator] | None = None,
         anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        require(
-            n_members == 1,
-            f"the regression model is deterministic: n_members={n_members} must be 1; use n_members=1",
-        )
-        out = self.inference_module().predict(
-            cond, self.out_channels, getattr(sampler, "wrap", None), anchor
-        )
-        return out[:, None]
+        predictor = self.inference_module()
+        return one_member(predictor, cond, self.out_channels, n_members, sampler, anchor)

@@ -22,7 +22,7 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.crossfit import FoldedRegression
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
-from downscale.models.regression import FieldPredictor, RegressionNet, regression_net
+from downscale.models.regression import FieldPredictor, RegressionNet, one_member, regression_net
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
 
@@ -465,9 +465,6 @@ class ConditionalMean(nn.Module):
         generators: list[torch.Generator] | None = None,
         anchor: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        require(
-            n_members == 1,
-            f"the conditional mean is deterministic: n_members={n_members} must be 1; use n_members=1",
+        return one_member(
+            self.regression, cond, self.out_channels, n_members, sampler, anchor, "conditional mean"
         )
-        wrap = getattr(sampler, "wrap", None)
-        return self.regression.predict(cond, self.out_channels, wrap, anchor)[:, None]
