@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
     }
     name = "attention_layout_backward" if args.backward else "attention_layout"
-    write_device_result(name, device.type, result, script="attention_layout")
+    write_device_result(name, device.type, result)
     return result
 
 

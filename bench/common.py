@@ -23,12 +23,10 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def write_device_result(
-    name: str, device_type: str, result: dict[str, Any], script: str | None = None
-) -> Path:
-    """Add the provenance (torch, machine, commit, command line of ``bench/<script or name>.py``) to
-    ``result`` and write it to ``bench/results/<name>.json``, or ``<name>_<device_type>.json`` off the
-    CPU; returns the path."""
+def write_device_result(name: str, device_type: str, result: dict[str, Any]) -> Path:
+    """Add the provenance (torch, machine, commit, the command line that ran) to ``result`` and write
+    it to ``bench/results/<name>.json``, or ``<name>_<device_type>.json`` off the CPU; returns the
+    path."""
     import torch
 
     result = {
@@ -36,7 +34,7 @@ def write_device_result(
         "torch": torch.__version__,
         "machine": f"{platform.node()} {platform.machine()}",
         "commit": git_commit(),
-        "command": " ".join(["python", f"bench/{script or name}.py", *sys.argv[1:]]),
+        "command": " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
     }
     suffix = "" if device_type == "cpu" else f"_{device_type}"
     out = ROOT / "bench" / "results" / f"{name}{suffix}.json"
