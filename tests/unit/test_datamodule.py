@@ -161,6 +161,36 @@ def test_padding_masks_the_pad_and_extends_the_conditioning(tmp_path):
     assert item["cond"][3, 15, 0].item() == pytest.approx((8 + 15) / 31 * 2 - 1)
 
 
+def test_padded_item_matches_a_channel_by_channel_reference(tmp_path):
+    """Every channel kind (offset predictors, statics, day of year, location) of a padded window
+    against np.pad of each unpadded channel, bit for bit."""
+    dm = make_dm(tmp_path, coarse_offsets=[0, 1], day_of_year=True, location=True)
+    f, (row, col, h, w), (H, W) = dm.fields, (5, 3, 13, 21), (16, 24)
+    item = FixedRegionDataset(f, np.arange(40), [row, col, h, w], pad_to_multiple=8)[7]
+    rows, cols = slice(row, row + h), slice(col, col + w)
+    ri, ci = np.ix_(f.row_index[rows], f.col_index[cols])
+    cond = [
+        scaler.forward(np.asarray(arr[tk], dtype=np.float32))[ri, ci]
+        for tk in f.coarse_times[:, 7]
+        for arr, scaler in zip(f.coarse, f.coarse_scalers, strict=True)
+    ]
+    cond += [s[rows, cols] for s in f.statics]
+    angle = 2 * np.pi * f.day_of_year[7] / 365.25
+    cond += [np.full((h, w), np.sin(angle)), np.full((h, w), np.cos(angle))]
+    pad = ((0, H - h), (0, W - w))
+    expected = np.stack([np.pad(c, pad, mode="edge") for c in cond]).astype(np.float32)
+    assert item["cond"].shape == (len(cond) + 2, H, W)
+    assert np.array_equal(item["cond"][: len(cond)].numpy(), expected)
+    ramp = (np.arange(col, col + W) / 31) * 2 - 1  # the location ramp runs on into the pad
+    assert np.array_equal(item["cond"][-1, 0].numpy(), ramp.astype(np.float32))
+    target = f.target_scalers[0].forward(np.asarray(f.targets[0][7, rows, cols], np.float32))
+    target = np.where(f.mask[rows, cols] & np.isfinite(target), target, 0.0)
+    assert np.array_equal(item["target"][0].numpy(), np.pad(target, pad).astype(np.float32))
+    assert np.array_equal(
+        item["mask"][0].numpy(), np.pad(f.mask[rows, cols], pad).astype(np.float32)
+    )
+
+
 def test_whole_domain_padding_and_crop_to_grid(tmp_path):
     dm = make_dm(tmp_path, eval_dataset=functools.partial(UpsampleDataset, pad_to_multiple=12))
     item = dm.dataset("test")[0]
