@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -77,3 +79,26 @@ def test_reliability_of_a_calibrated_forecast_is_diagonal():
     p = (x > 1.0).mean(0)
     brier = float(calibration.brier_score(samples, obs, thresholds=(1.0,)).sel(threshold=1.0))
     assert brier == pytest.approx(((p - (y > 1.0)) ** 2).mean())
+
+
+def test_masked_cells_and_one_member_give_nan_without_warnings():
+    """Sea cells (NaN in every member) and a one-member baseline are expected NaNs: computed
+    lazily, as the evaluation does, they must not fill the log with numpy warnings."""
+    samples, obs = exchangeable(members=5, days=8)
+    sea = xr.zeros_like(obs.isel(time=0), dtype=bool)
+    sea[:4] = True
+    samples, obs = samples.where(~sea).chunk(time=4), obs.where(~sea).chunk(time=4)
+    mask = ~sea
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ratio = float(calibration.spread_skill(samples, obs, mask))
+        one = calibration.spread_skill(samples.isel(member=[0]), obs, mask)
+        rel = calibration.reliability(samples, obs, mask, thresholds=(0.5,), n_bins=10).compute()
+    land = exchangeable(members=5, days=8)
+    expected = calibration.spread_skill(land[0][:, :, 4:], land[1][:, 4:])
+    assert ratio == pytest.approx(float(expected))
+    assert np.isnan(float(one))
+    counts = rel.sel(quantity="count").values
+    assert counts.sum() == 8 * 20 * 24  # the land cells only
+    empty = counts == 0
+    assert empty.any() and np.isnan(rel.sel(quantity="forecast").values[0][empty[0]]).all()

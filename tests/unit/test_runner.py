@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,15 @@ def test_default_scorecard_headline_keys_and_figures(tmp_path):
     assert ds["rank_histogram"].shape == (6, 4) and "skipped" in ds["return_levels"].attrs
     html = (tmp_path / "report.html").read_text()
     assert "<th>half</th>" in html and "Skipped" in html
+
+
+def test_open_data_splits_stored_chunks_without_rereading_them(tmp_path):
+    """Evaluation chunks smaller than the stored ones: the store is opened at its own chunks and
+    split after (no xarray warning about reading each stored chunk once per piece)."""
+    ds = xr.Dataset({"pr": (("time", "lat"), np.arange(48.0).reshape(12, 4))})
+    ds.chunk(time=8).to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opened = runner.open_data(tmp_path / "s.zarr", {"time": 4, "member": -1})
+    assert opened["pr"].chunks == ((4, 4, 4), (4,))
+    np.testing.assert_array_equal(opened["pr"].values, ds["pr"].values)

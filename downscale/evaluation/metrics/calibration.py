@@ -119,7 +119,10 @@ def spread_skill(samples, obs, mask=None) -> xr.DataArray:
     (Fortin et al. 2014); 1 for an exchangeable ensemble."""
     check_samples(samples, obs)
     m = samples.sizes[MEMBER]
-    var = apply_mask(samples.var(MEMBER, ddof=1), mask)
+    if m < 2:  # one member has no spread (a deterministic baseline)
+        return xr.DataArray(np.nan, name="spread_skill")
+    # skipna=False: masked cells (NaN in every member) give NaN without a 0/0 warning from dask
+    var = apply_mask(samples.var(MEMBER, ddof=1, skipna=False), mask)
     err2 = apply_mask((samples.mean(MEMBER) - obs) ** 2, mask).where(var.notnull())
     return (np.sqrt((m + 1) / m) * np.sqrt(var.mean() / err2.mean())).rename("spread_skill")
 
@@ -148,15 +151,16 @@ def reliability(
     check_samples(samples, obs)
     p, o, thr = _probabilities(samples, obs, mask, thresholds)
     n_thr = thr.size
-    pbin = xr.where(p.notnull(), np.minimum((p * n_bins).astype(int), n_bins - 1), -1)
+    pbin = xr.where(p.notnull(), np.minimum((p.fillna(0) * n_bins).astype(int), n_bins - 1), -1)
     code = xr.where(pbin >= 0, thr.copy(data=np.arange(n_thr)) * n_bins + pbin, -1)
     size = n_thr * n_bins
     count = bincount(code, size)
     psum = bincount(code, size, weights=p)
     osum = bincount(code, size, weights=o)
     lib = dsa if isinstance(count, dsa.Array) else np
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stacked = lib.stack([psum / count, osum / count, count * 1.0], axis=-1)
+    # empty bins: x / NaN is NaN without the 0/0 warning (np.errstate does not reach dask's workers)
+    per_bin = lib.where(count > 0, count, np.nan)
+    stacked = lib.stack([psum / per_bin, osum / per_bin, count * 1.0], axis=-1)
     return xr.DataArray(
         stacked.reshape(n_thr, n_bins, 3),
         dims=("threshold", "prob_bin", "quantity"),
