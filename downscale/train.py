@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ def _resume_checkpoint(cfg: DictConfig) -> str | None:
         f"cannot resume: {path} does not exist; pass resume=<train run dir> of a run that saved a checkpoint",
     )
     return str(max(found, key=lambda p: p.stat().st_mtime_ns))
+
+
+def _refuse_used_run_dir(cfg: DictConfig) -> None:
+    """A new training never writes over another run's checkpoints. (Lightning would also quietly
+    resume from them: with an ``OnExceptionCheckpoint`` callback, ``fit`` without ``ckpt_path``
+    loads the newest ``last`` checkpoint it finds.) Continuing a run is ``resume=``."""
+    if cfg.get("resume") is not None:
+        return
+    folder = Path(cfg.run_dir) / "checkpoints"
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    require(
+        not found,
+        f"{cfg.run_dir} already holds the checkpoints of a training ({', '.join(found)}); continue "
+        f"it with resume={cfg.run_dir}, or train into another paths.output_dir",
+    )
 
 
 def _init_from(model: L.LightningModule, path: str, channels: dict, targets: list) -> None:
@@ -166,7 +182,9 @@ def build(cfg: DictConfig) -> tuple[Any, L.LightningModule, L.Trainer]:
 @report_user_errors
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train; returns the run dir, checkpoint paths and the final logged metrics."""
-    ckpt_path = _resume_checkpoint(cfg)  # before anything is written: a bad resume= changes nothing
+    # before anything is written: a bad resume= or a used run dir changes nothing
+    ckpt_path = _resume_checkpoint(cfg)
+    _refuse_used_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     datamodule, model, trainer = build(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +192,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:
             logger.log_hyperparams(model.run_info["config"])
         try:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            with warnings.catch_warnings():
+                # a fresh run (no checkpoint in its dir, checked above): Lightning's look for a
+                # "last" checkpoint to resume finds none, and says so twice; resuming is resume=
+                warnings.filterwarnings("ignore", message=r".*ckpt_path=None.* was called without")
+                warnings.filterwarnings("ignore", message=r'.*ckpt_path="last"\) is set, but there')
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         except SIGTERMException:
             # Lightning stopped after the current batch and OnExceptionCheckpoint saved the state
             print(f"stopped by SIGTERM; continue with resume={run_dir}", file=sys.stderr)

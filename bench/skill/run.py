@@ -859,7 +859,17 @@ def stage_train(suite: Suite, only: str | None, force: bool) -> None:
         if (run_dir / "summary.json").is_file() and not force:
             _log(f"train {model}: reused {run_dir}")
             continue
-        cfg = compose_config("train", [*overrides, *_common(), f"paths.output_dir={run_dir}"])
+        resume = []
+        if force and run_dir.exists():
+            kept = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(kept)
+            _log(f"train {model}: --force, the previous run moved to {kept}")
+        elif any((run_dir / "checkpoints").glob("*.ckpt")):
+            resume = [f"resume={run_dir}"]  # an interrupted training continues
+            _log(f"train {model}: resuming the interrupted run in {run_dir}")
+        cfg = compose_config(
+            "train", [*overrides, *_common(), f"paths.output_dir={run_dir}", *resume]
+        )
         _log(f"train {model} ({' '.join(overrides)})")
         result = train.run(cfg)
         _log(f"train {model}: {result['summary'].get('train_seconds', float('nan')):.0f} s")

@@ -361,3 +361,18 @@ def test_full_traceback_on_request(flag, ctx, tmp_path):
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError" in proc.stderr
     assert "sampler.steps must be an integer >= 1" in proc.stderr
+
+
+def test_training_into_a_used_run_dir_is_refused(ctx, capsys, monkeypatch):
+    """A new training in a dir with checkpoints neither resumes them quietly (Lightning would) nor
+    writes over them: one line naming resume= and another output dir."""
+    monkeypatch.setenv("DOWNSCALE_CACHE_DIR", str(ctx.root / "cache"))
+    before = {p.name: p.read_bytes() for p in (ctx.run_dir / "checkpoints").glob("*.ckpt")}
+    cfg = compose_config("train", [*TRAIN, f"paths.output_dir={ctx.run_dir}"])
+    with pytest.raises(SystemExit) as info:
+        train.run(cfg)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert re.search(rf"error: {ctx.run_dir} already holds .*last.ckpt.*resume={ctx.run_dir}", err)
+    after = {p.name: p.read_bytes() for p in (ctx.run_dir / "checkpoints").glob("*.ckpt")}
+    assert after == before and "last.ckpt" in before

@@ -192,3 +192,33 @@ def test_a_pooled_row_is_half_of_each_sources_draws(tmp_path, monkeypatch):
     odd = skill._pooled("odd", (first, second), 3)
     with pytest.raises(SystemExit, match="do not split over its sources"):
         skill._sample(suite, odd, skill._samples_path(suite, odd), "test", 3)
+
+
+def test_training_resumes_an_interrupted_run_and_force_keeps_the_old_one(tmp_path, monkeypatch):
+    """stage_train: a run dir with checkpoints but no summary.json continues (resume=), a finished
+    one is reused, and --force trains afresh after moving the old run aside (train.run refuses a
+    dir with checkpoints)."""
+    from downscale import train
+
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    row = skill.Sampling("row", "model", ("sampler=euler",), 2)
+    suite = skill.Suite("toy", (), "toy.zarr", {"model": "demo"}, (row,), {}, "a grid")
+    run_dir = skill._train_dir(suite, "model")
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"interrupted")
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg.get("resume"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text("{}")
+        return {"summary": {"train_seconds": 1.0}}
+
+    monkeypatch.setattr(train, "run", fake_train)
+    skill.stage_train(suite, None, force=False)
+    skill.stage_train(suite, None, force=False)
+    assert calls == [str(run_dir)]
+    skill.stage_train(suite, None, force=True)
+    assert calls == [str(run_dir), None]
+    (old,) = run_dir.parent.glob("model.replaced-*")
+    assert (old / "checkpoints" / "last.ckpt").read_bytes() == b"interrupted"
