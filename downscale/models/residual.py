@@ -242,10 +242,13 @@ class ResidualModel(DownscaleModule):
         """Entering the residual stage: the regression takes its chosen weights (the best
         validation's, else the last EMA weights) and is frozen, and a pending ``sigma_data`` is
         measured on the residual."""
-        if self.regression_epochs and self.current_epoch >= self.regression_epochs:
-            if self.current_epoch == self.regression_epochs:
+        if not self.in_regression_stage():
+            if self.regression_epochs and self.current_epoch == self.regression_epochs:
                 self._start_from_chosen_regression()
-            self.regression.requires_grad_(False)
+            # frozen, and in eval mode: with dropout in the net (net=small and larger) a training-
+            # mode regression would give the denoiser residuals around a randomly perturbed mean,
+            # not around the mean that sigma_data=auto measures and sampling adds residuals to
+            self.regression.requires_grad_(False).eval()
         if (
             self.measure_sigma_data
             and self.measured_sigma_data is None

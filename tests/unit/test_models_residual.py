@@ -298,3 +298,38 @@ def test_best_regression_survives_a_checkpoint():
     resumed.on_load_checkpoint(ckpt)
     assert resumed.best_regression["epoch"] == 1 and resumed.best_regression["loss"] == 0.5
     torch.testing.assert_close(resumed.best_regression["state"]["w"], torch.ones(2))
+
+
+class _RecordMeans(L.Callback):
+    """The regression's mode and its mean for a fixed batch at each residual-stage step."""
+
+    def __init__(self) -> None:
+        self.modes, self.means = [], []
+
+    def on_train_batch_start(self, trainer, module, batch_, batch_idx) -> None:
+        if not module.in_regression_stage():
+            b = batch(b=2, seed=0)
+            self.modes.append(module.regression.training)
+            with torch.no_grad():
+                self.means.append(module.regression.training_mean(b["cond"], None, b["time"]))
+
+
+def test_frozen_regression_gives_the_eval_mean_despite_dropout():
+    """With dropout in the net, the residual stage takes residuals around the eval-mode mean
+    (the one sampling adds residuals to), not around a dropout-perturbed one; the denoiser
+    keeps training mode (its dropout), also after the validation of each epoch."""
+    torch.manual_seed(0)
+    model = ResidualModel(
+        functools.partial(tiny_net, dropout=0.5), edm_precond(), diffusion_loss(),
+        out_channels=C_OUT, cond_channels=C_COND, optimizer=adam, ema=ema, regression_epochs=1,
+    )  # fmt: skip
+    record = _RecordMeans()
+    _fit(model, record, max_epochs=3)
+    assert len(record.means) == 4 and not any(record.modes)
+    for mean in record.means[1:]:
+        torch.testing.assert_close(mean, record.means[0], rtol=0, atol=0)
+    b = batch(b=2, seed=0)
+    with torch.no_grad():
+        eval_mean = model.regression.eval()(b["cond"])
+    torch.testing.assert_close(record.means[0], eval_mean, rtol=0, atol=0)
+    assert model.denoiser.training
