@@ -37,8 +37,8 @@ from downscale.data.synthetic import synthetic_store  # noqa: E402
 BATCH = 32
 
 
-def datamodule(cache: str) -> DownscaleDataModule:
-    store = synthetic_store(cache, n_days=4 * BATCH, size=28, factor=4, seed=0)
+def datamodule(cache: str, n_days: int = 4 * BATCH) -> DownscaleDataModule:
+    store = synthetic_store(cache, n_days=n_days, size=28, factor=4, seed=0)
     dm = DownscaleDataModule(
         store=store,
         targets=["precip"],

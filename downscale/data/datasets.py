@@ -175,6 +175,9 @@ def box_to_region(fields: Fields, box: dict) -> list[int]:
 class UpsampleDataset(Dataset):
     """The whole domain for every time index, optionally padded to a multiple of ``pad_to_multiple``."""
 
+    #: an item's (time, anchor) always names the same window (downscale.models.mean_cache)
+    fixed_items = True
+
     def __init__(self, fields: Fields, times: np.ndarray, pad_to_multiple: int = 1) -> None:
         self.fields, self.times = fields, np.asarray(times)
         self.padded = padded_size(fields.shape, pad_to_multiple)
@@ -193,6 +196,8 @@ class FixedRegionDataset(Dataset):
     ``region`` is ``[row, col, height, width]``, a box ``{lat: [s, n], lon: [w, e]}`` (cells whose
     centres fall inside), or the name of one of the data config's ``regions`` (either form).
     """
+
+    fixed_items = True
 
     def __init__(
         self,
@@ -236,6 +241,9 @@ class RandomPatchDataset(Dataset):
     Anchors are drawn from torch's global generator, which Lightning seeds per run and per data-loader
     worker (``seed_everything(workers=True)``), so a seeded run sees the same crops.
     """
+
+    #: a new crop every epoch: nothing to cache per item
+    fixed_items = False
 
     def __init__(
         self,

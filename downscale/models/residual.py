@@ -22,6 +22,7 @@ from downscale.models.base import DownscaleModule, build_net, noise_bucket_edges
 from downscale.models.crossfit import FoldedRegression
 from downscale.models.diffusion import log_sigma_buckets
 from downscale.models.losses import PixelLoss
+from downscale.models.mean_cache import MeanCache
 from downscale.models.regression import FieldPredictor, RegressionNet, one_member, regression_net
 from downscale.utils.checkpoint import load_checkpoint, load_model
 from downscale.utils.errors import UserError, require
@@ -112,6 +113,9 @@ class ResidualModel(DownscaleModule):
         cross_fit: K >= 2 trains K regressions, each on all training days but one fold, and the
             denoiser on out-of-fold residuals (:mod:`downscale.models.crossfit`); 0: one regression.
         cross_fit_block: consecutive time steps per fold block (30: about a month of days).
+        mean_cache_gb: in the residual stage, keep each training sample's regression mean (at
+            most this many GB, on the training device) when the training items are fixed windows
+            (:mod:`downscale.models.mean_cache`); 0: compute it every step.
     """
 
     #: ``sigma_data=auto`` means the residual's std, which only this model can measure
@@ -133,6 +137,7 @@ class ResidualModel(DownscaleModule):
         regression_keep_best: bool = True,
         cross_fit: int = 0,
         cross_fit_block: int = 30,
+        mean_cache_gb: float = 1.0,
         variable_weights: Sequence[float] | None = None,
         val_seed: int = 1234,
         net_overrides: Mapping[str, Any] | None = None,
@@ -179,6 +184,9 @@ class ResidualModel(DownscaleModule):
         # once the residual stage has started from it)
         self.best_regression: dict[str, Any] | None = None
         self._val_regression: list[tuple[torch.Tensor, int]] = []
+        require(mean_cache_gb >= 0, f"model.mean_cache_gb={mean_cache_gb} must be >= 0 (0: off)")
+        self.mean_cache_bytes = int(mean_cache_gb * 1e9)
+        self.mean_cache: MeanCache | None = None
         # two stages: the denoiser gets no gradient in the first, the regression none in the second
         self.ddp_find_unused_parameters = self.regression_epochs > 0
         if regression_ckpt:
@@ -237,6 +245,7 @@ class ResidualModel(DownscaleModule):
         train = getattr(datamodule, "split_indices", {}).get("train")
         if isinstance(self.regression, FoldedRegression) and train is not None:
             self.regression.check_folds(torch.as_tensor(train))
+        self.mean_cache = None
 
     def on_train_epoch_start(self) -> None:
         """Entering the residual stage: the regression takes its chosen weights (the best
@@ -249,6 +258,8 @@ class ResidualModel(DownscaleModule):
             # mode regression would give the denoiser residuals around a randomly perturbed mean,
             # not around the mean that sigma_data=auto measures and sampling adds residuals to
             self.regression.requires_grad_(False).eval()
+            if self.mean_cache is None and self._fixed_training_items():
+                self.mean_cache = MeanCache(self.mean_cache_bytes)
         if (
             self.measure_sigma_data
             and self.measured_sigma_data is None
@@ -262,6 +273,12 @@ class ResidualModel(DownscaleModule):
                 f"sigma_data=auto: {self.measured_sigma_data} (std of target - regression mean "
                 "over the training data)"
             )
+
+    def _fixed_training_items(self) -> bool:
+        """Whether a training sample's (time, anchor) always names the same predictors (whole
+        domain or a fixed region, not random patches) and a mean cache is allowed."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        return self.mean_cache_bytes > 0 and bool(getattr(dataset, "fixed_items", False))
 
     def _start_from_chosen_regression(self) -> None:
         ema = getattr(self, "ema", None)
@@ -336,7 +353,7 @@ class ResidualModel(DownscaleModule):
             self.log("train/regression_loss", loss, prog_bar=True, batch_size=n)
         else:
             with torch.no_grad():
-                mean = self.regression.training_mean(cond, anchor, batch.get("time"))
+                mean = self._training_mean(cond, anchor, batch.get("time"))
             out = self.loss_fn(
                 self.denoiser, target - mean, self.denoiser_cond(cond, mean), mask, anchor=anchor
             )
@@ -345,6 +362,22 @@ class ResidualModel(DownscaleModule):
             self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_throughput(n)
         return loss
+
+    def _training_mean(
+        self, cond: torch.Tensor, anchor: torch.Tensor | None, time: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The frozen regression's mean of a residual-stage batch, from the cache where it has
+        one."""
+
+        def compute(rows: torch.Tensor | None) -> torch.Tensor:
+            if rows is None:
+                return self.regression.training_mean(cond, anchor, time)
+            pick = [None if x is None else x[rows] for x in (anchor, time)]
+            return self.regression.training_mean(cond[rows], *pick)
+
+        if self.mean_cache is None or anchor is None or time is None:
+            return compute(None)
+        return self.mean_cache.mean(compute, time, anchor)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         target, cond, mask = batch["target"], batch["cond"], batch["mask"]
@@ -377,6 +410,9 @@ class ResidualModel(DownscaleModule):
         if self.best_regression is not None:
             summary["regression_best_epoch"] = self.best_regression["epoch"]
             summary["regression_best_val_loss"] = self.best_regression["loss"]
+        if self.mean_cache is not None:
+            summary["mean_cache_samples"] = len(self.mean_cache)
+            summary["mean_cache_hits"] = self.mean_cache.hits
         return summary
 
     # --- checkpoints and sampling --------------------------------------------------------------
@@ -405,6 +441,7 @@ class ResidualModel(DownscaleModule):
         """A resumed run keeps the ``sigma_data`` it measured (not re-measured mid-training) and
         the best regression-stage validation it has seen."""
         super().on_load_checkpoint(checkpoint)
+        self.mean_cache = None
         value = checkpoint.get("downscale", {}).get("residual_sigma_data")
         if value is not None and self.measure_sigma_data:
             self.set_sigma_data(value)

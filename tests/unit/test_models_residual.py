@@ -333,3 +333,56 @@ def test_frozen_regression_gives_the_eval_mean_despite_dropout():
         eval_mean = model.regression.eval()(b["cond"])
     torch.testing.assert_close(record.means[0], eval_mean, rtol=0, atol=0)
     assert model.denoiser.training
+
+
+class _FixedWindows(torch.utils.data.Dataset):
+    """Six fixed items (distinct time indices): a whole-domain-like training set."""
+
+    fixed_items = True
+
+    def __init__(self) -> None:
+        self.items = []
+        for t in range(6):
+            item = {k: v[0] for k, v in batch(b=1, seed=10 + t).items()}
+            item["time"] = torch.tensor(t)
+            self.items.append(item)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _fit_shuffled(mean_cache_gb: float) -> ResidualModel:
+    """Two regression epochs, then three residual ones, on shuffled batches of 2 (each epoch
+    groups the items differently)."""
+    L.seed_everything(0)
+    model = make(regression_epochs=2, mean_cache_gb=mean_cache_gb)
+    trainer = L.Trainer(
+        max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(_FixedWindows(), batch_size=2, shuffle=True)
+    trainer.fit(model, train_dataloaders=loader)
+    return model
+
+
+def test_mean_cache_trains_the_same_weights_as_recomputing():
+    """The cached regression means are the ones a step computes: the same weights (to float32
+    rounding: convolutions round differently for other batch sizes) after three residual epochs
+    in shuffled batches, with 12 of 18 means looked up."""
+    cached, plain = _fit_shuffled(1.0), _fit_shuffled(0.0)
+    assert plain.mean_cache is None
+    assert len(cached.mean_cache) == 6
+    assert (cached.mean_cache.hits, cached.mean_cache.misses) == (12, 6)
+    assert cached.run_summary()["mean_cache_hits"] == 12
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(cached.state_dict()[key], value)
+
+
+def test_no_mean_cache_for_random_patches():
+    """Items without ``fixed_items`` (random patches) are never cached."""
+    model = make(regression_epochs=1)
+    _fit(model, L.Callback(), max_epochs=2)
+    assert model.mean_cache is None
