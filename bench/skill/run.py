@@ -5,15 +5,17 @@ with its ``experiment=<name>`` config, samples the test split, scores models and
 scorecard (``conf/evaluation/skill.yaml``) on the same test days and valid cells, and writes
 ``docs/results.md`` and ``bench/results/skill.json``. Outputs go below ``outputs/skill/``.
 
-Stages (``--stage``): build, train, sample, evaluate, gcm, report (default: all, in this order);
+Stages (``--stage``): build, train, select, sample, evaluate, gcm, report (default: all, in this
+order; select: the checkpoint choice of the rows that sample a chosen checkpoint);
 ``--suite iberia`` (``iberia_gpu``: the GPU settings) or ``--suite radar`` runs one suite;
 ``--only edm`` one method (``--only models`` / ``--only baselines``: all of those). Finished
 steps are reused (checkpoints, samples stores, timing files); ``--force`` redoes the chosen ones.
 The default runs the core rows (the issue's methods with our best settings); ``--ablations`` adds
 the rows that show how they were found (REFERENCE's sigma_data 0.5, sigma_data 0.2, the validation
 sweep of <= 10-NFE samplers). ``--out DIR`` puts everything in DIR instead of ``outputs/skill``.
-``--jobs 2`` runs the suites side by side, one process each with half the CPU's torch threads (what
-``make bench-skill`` does; logs in ``OUT/logs/bench_<suite>.log``), then the report.
+``--jobs 2`` runs the steps of every suite as a graph of processes, two at a time with half the CPU's
+torch threads each (:mod:`bench.skill.tasks`; what ``make bench-skill`` does; logs in
+``OUT/logs/bench_<step>.log``), then the report; with ``--only`` each suite is one process.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from bench.skill.tasks import Task, run_tasks
+
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 OUT = REPO / "outputs" / "skill"
 RESULTS_JSON = REPO / "bench" / "results" / "skill.json"
 RESULTS_MD = REPO / "docs" / "results.md"
 GCM_MEMBERS = 4
-STAGES = ("build", "train", "sample", "evaluate", "gcm", "report")
+STAGES = ("build", "train", "select", "sample", "evaluate", "gcm", "report")
 ABLATIONS = False  # --ablations
 
 
@@ -915,6 +919,14 @@ def _select_overrides(suite: Suite, model: str) -> list[str]:
     ]
 
 
+def stage_select(suite: Suite, only: str | None) -> None:
+    """Choose the checkpoint of each model whose rows sample a chosen one (``--only``: a model)."""
+    models = dict.fromkeys(s.model for s in _samplings(suite) if s.checkpoint == "selected")
+    for model in models:
+        if only in (None, "models", model):
+            _select(suite, model)
+
+
 def _select(suite: Suite, model: str) -> dict:
     """Choose ``model``'s checkpoint (once: a finished selection with the same options is reused;
     its validation draws resume)."""
@@ -1384,64 +1396,113 @@ def stage_report(suites: Sequence[Suite]) -> None:
     _log(f"wrote {RESULTS_MD} and {RESULTS_JSON}")
 
 
-# ---------------------------------------------------------------- suites side by side
+# ---------------------------------------------------------------- steps side by side
 
 
-def _suite_argv(suite: str, args: argparse.Namespace) -> list[str]:
-    """The command line of one suite's process (every chosen stage but the report)."""
-    out = str(args.out.absolute())
-    argv = [sys.executable, "-m", "bench.skill.run", "--suite", suite, "--out", out]
-    for stage in args.stage or STAGES:
-        if stage != "report":
-            argv += ["--stage", stage]
-    if args.only:
-        argv += ["--only", args.only]
+def _flags(args: argparse.Namespace) -> list[str]:
+    """The options every process of a parallel run takes from the parent's command line."""
+    argv = ["--out", str(args.out.absolute())]
     argv += [flag for flag, on in (("--force", args.force), ("--ablations", args.ablations)) if on]
     for override in args.train_override:
         argv += ["--train-override", override]
     return argv
 
 
-def run_jobs(commands: dict[str, list[str]], jobs: int, log_dir: Path) -> list[str]:
-    """Run ``commands`` (name -> argv), at most ``jobs`` at once, each with ``cpu_count // jobs``
-    torch threads and its output in ``log_dir / bench_<name>.log``; the names that failed.
+def _run_argv(suite: str, stages: Sequence[str], only: str | None, flags: Sequence[str]) -> tuple:
+    argv = [sys.executable, "-m", "bench.skill.run", "--suite", suite]
+    argv += [arg for stage in stages for arg in ("--stage", stage)]
+    return (*argv, *(("--only", only) if only else ()), *flags)
 
-    On 2 cores, two 1-thread processes side by side do 1.08-1.27x the training steps of one 2-thread
-    process with the tiny net (bench/cpu_threads.py), and the whole bench takes 54 min instead of
-    about 61 (bench/skill/notes.md, "Machine and budget")."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    log_dir.mkdir(parents=True, exist_ok=True)
-    waiting, running, failed = list(commands), {}, []
-    try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                name = waiting.pop(0)
-                log = log_dir / f"bench_{name}.log"
-                with open(log, "w") as fh:  # the process writes to its own copy of the file
-                    proc = subprocess.Popen(
-                        commands[name], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO
-                    )
-                running[name] = (proc, log, time.perf_counter())
-                _log(f"{name}: started ({threads} torch threads; log {log})")
-            time.sleep(1)
-            for name, (proc, log, start) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                seconds = time.perf_counter() - start
-                if proc.returncode:
-                    failed.append(name)
-                    _log(
-                        f"{name}: failed (exit {proc.returncode}) after {seconds:.0f} s; see {log}"
-                    )
-                else:
-                    _log(f"{name}: done in {seconds:.0f} s")
-    finally:  # interrupted: stop the suites too (a rerun reuses their finished steps)
-        for proc, _, _ in running.values():
-            proc.terminate()
-            proc.wait()
-    return failed
+
+def _suite_argv(suite: str, args: argparse.Namespace) -> list[str]:
+    """The command line of one suite's process (every chosen stage but the report)."""
+    stages = [s for s in args.stage or STAGES if s != "report"]
+    argv = _run_argv(suite, stages, args.only, _flags(args))
+    return list(argv)
+
+
+# estimates for steps the last recorded run does not time (seconds; they only order the steps)
+_DEFAULT_COST = {"train": 600.0, "select": 120.0, "sample": 60.0, "score": 120.0}
+
+
+def _recorded_costs(suite: Suite, rows: Sequence[Sampling]) -> dict[str, float]:
+    """Seconds of each model's training (``train:<model>``) and each row's draw (``sample:<row
+    name>``) in the last recorded run (bench/results/skill.json): the scheduler's estimates."""
+    methods = (
+        _read_json(RESULTS_JSON).get("suites", {}).get(suite.name, {}).get("scores", {})
+    ).get("methods", {})
+    store = OUT / "stores" / suite.store
+    n_days = (
+        len(_split_times(suite, xr.open_zarr(store, consolidated=False))[0])
+        if store.exists()
+        else 1
+    )
+    costs: dict[str, float] = {}
+    for row in rows:
+        record = methods.get(row.name, {})
+        if record.get("train_seconds") and not row.pooled_from:
+            key = f"train:{row.model}"
+            costs[key] = max(costs.get(key, 0.0), float(record["train_seconds"]))
+        if record.get("sample_seconds_per_member_day"):
+            per_day = float(record["sample_seconds_per_member_day"]) * row.n_members
+            costs[f"sample:{row.name}"] = per_day * n_days
+    return costs
+
+
+def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> list[Task]:
+    """A suite's steps as tasks: each model's training, each checkpoint choice, each row the
+    model draws (rows derived from or pooling other rows' draws are made by the scoring task), then
+    one task for the rest of its chosen stages (those rows, scoring, the GCM stage)."""
+    rows = [s for s in suite.samplings if ABLATIONS or not s.ablation]
+    costs = _recorded_costs(suite, rows)
+    tasks: list[Task] = []
+
+    def add(kind: str, key: str, stage: str, only: str | None, after=(), cost_key=None) -> str:
+        name = f"{suite.name}.{kind}.{key}"
+        cost = costs.get(cost_key or f"{kind}:{key}", _DEFAULT_COST[kind])
+        argv = _run_argv(suite.name, [stage], only, flags)
+        tasks.append(Task(name, argv, tuple(after), cost))
+        return name
+
+    trained = {}
+    if "train" in stages:
+        for model in dict.fromkeys(s.model for s in rows):
+            trained[model] = add("train", model, "train", model)
+    if "sample" in stages:
+        chosen = {}
+        for model in dict.fromkeys(s.model for s in rows if s.checkpoint == "selected"):
+            after = [trained[model]] if model in trained else []
+            chosen[model] = add("select", model, "select", model, after)
+        for row in rows:
+            if row.derived_from or row.pooled_from:
+                continue
+            after = [d[row.model] for d in (trained, chosen) if row.model in d]
+            slug = _slug(row.name)
+            add("sample", slug, "sample", slug, after, cost_key=f"sample:{row.name}")
+    rest = [s for s in ("sample", "evaluate", "gcm") if s in stages]
+    if rest:
+        name = f"{suite.name}.score"
+        after = tuple(t.name for t in tasks)
+        tasks.append(
+            Task(name, _run_argv(suite.name, rest, None, flags), after, _DEFAULT_COST["score"])
+        )
+    return tasks
+
+
+def run_parallel(suites: Sequence[Suite], stages: Sequence[str], args: argparse.Namespace) -> None:
+    """Every chosen stage but the report, ``args.jobs`` processes at a time: the stores built here
+    first (seconds), then the suites' tasks (or, with ``--only``, one process per suite)."""
+    if "build" in stages:
+        for suite in suites:
+            stage_build(suite)
+    flags = _flags(args)
+    if args.only:
+        tasks = [Task(s.name, tuple(_suite_argv(s.name, args))) for s in suites]
+    else:
+        tasks = [t for suite in suites for t in suite_tasks(suite, stages, flags)]
+    failed = run_tasks(tasks, args.jobs, OUT / "logs", REPO, _log)
+    if failed:
+        sys.exit(f"error: {', '.join(failed)} failed; see {OUT / 'logs'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1466,7 +1527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--jobs",
         type=int,
         default=1,
-        help="suites run side by side, each in its own process with cpu_count // jobs torch threads",
+        help="processes at once (trainings, checkpoint choices, draws, scoring; with --only: "
+        "suites), each with cpu_count // jobs torch threads",
     )
     parser.add_argument(
         "--train-override",
@@ -1490,15 +1552,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = args.stage or list(STAGES)
     if args.jobs < 1:
         sys.exit(f"error: --jobs must be >= 1, not {args.jobs}")
-    if args.jobs > 1 and len(suites) > 1 and set(stages) - {"report"}:
-        commands = {suite.name: _suite_argv(suite.name, args) for suite in suites}
-        failed = run_jobs(commands, args.jobs, OUT / "logs")
-        if failed:
-            sys.exit(f"error: suite {', '.join(failed)} failed; see {OUT / 'logs'}")
+    one_process = args.only and len(suites) == 1  # nothing to run side by side
+    if args.jobs > 1 and set(stages) - {"build", "report"} and not one_process:
+        run_parallel(suites, stages, args)
         stages = [s for s in stages if s == "report"]
     runners = {
         "build": lambda suite: stage_build(suite),
         "train": lambda suite: stage_train(suite, args.only, args.force),
+        "select": lambda suite: stage_select(suite, args.only),
         "sample": lambda suite: stage_sample(suite, args.only),
         "evaluate": lambda suite: stage_evaluate(suite, args.only),
         "gcm": lambda suite: stage_gcm(suite),

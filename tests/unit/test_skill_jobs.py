@@ -1,5 +1,6 @@
-"""The skill bench's suites side by side (``--jobs``): one process per suite with its share of the
-CPU's torch threads, a failed suite named, the report after every suite."""
+"""The skill bench's steps side by side (``--jobs``): a graph of processes, each with its share of
+the CPU's torch threads, longest chains first, a failed step named and what comes after it skipped,
+the report after everything."""
 
 from __future__ import annotations
 
@@ -9,24 +10,60 @@ import sys
 import pytest
 
 from bench.skill import run as skill
+from bench.skill.tasks import Task, path_lengths, run_tasks
+
+SHOW = "import os, sys; print(sys.argv[1], 'threads', os.environ['OMP_NUM_THREADS'])"
 
 
-def test_run_jobs_splits_threads_logs_and_names_failures(tmp_path):
-    show = "import os; print('threads', os.environ['OMP_NUM_THREADS'])"
-    commands = {
-        "good": [sys.executable, "-c", show],
-        "bad": [sys.executable, "-c", "import sys; print('broken'); sys.exit(3)"],
-        "late": [sys.executable, "-c", show],  # waits for a free slot
-    }
-    failed = skill.run_jobs(commands, 2, tmp_path / "logs")
-    assert failed == ["bad"]
+def _task(name, after=(), cost=1.0, code=SHOW):
+    return Task(name, (sys.executable, "-c", code, name), tuple(after), cost)
+
+
+def test_path_lengths_add_the_longest_chain_after_each_task():
+    tasks = [
+        _task("a", cost=1),
+        _task("b", ["a"], 5),
+        _task("c", ["a"], 2),
+        _task("d", ["b", "c"], 1),
+    ]
+    assert path_lengths(tasks) == {"a": 7, "b": 6, "c": 3, "d": 1}
+    with pytest.raises(ValueError, match="unknown tasks"):
+        path_lengths([_task("x", ["nope"])])
+    with pytest.raises(ValueError, match="cycle"):
+        path_lengths([_task("x", ["y"]), _task("y", ["x"])])
+
+
+def test_run_tasks_splits_threads_logs_and_skips_what_follows_a_failure(tmp_path):
+    fail = "import sys; print('broken'); sys.exit(3)"
+    tasks = [
+        _task("good"),
+        _task("bad", code=fail),
+        _task("after_bad", ["bad"]),
+        _task("after_skipped", ["after_bad"]),
+        _task("after_good", ["good"]),
+    ]
+    lines = []
+    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append)
+    assert failed == ["bad", "after_bad", "after_skipped"]
     threads = max(1, (os.cpu_count() or 1) // 2)
-    for name in ("good", "late"):
-        assert (tmp_path / "logs" / f"bench_{name}.log").read_text() == f"threads {threads}\n"
+    for name in ("good", "after_good"):
+        log = (tmp_path / "logs" / f"bench_{name}.log").read_text()
+        assert log == f"{name} threads {threads}\n"
     assert (tmp_path / "logs" / "bench_bad.log").read_text() == "broken\n"
+    assert not (tmp_path / "logs" / "bench_after_bad.log").exists()
+    assert any("after_bad: skipped" in line for line in lines)
 
 
-def test_run_jobs_stops_its_processes_when_interrupted(tmp_path, monkeypatch):
+def test_run_tasks_starts_the_longest_chain_first(tmp_path):
+    """One slot: of the ready tasks the one with the most work after it goes first."""
+    tasks = [_task("short", cost=5), _task("head", cost=1), _task("tail", ["head"], 10)]
+    lines = []
+    assert run_tasks(tasks, 1, tmp_path, tmp_path, lines.append) == []
+    started = [line.split(":")[0] for line in lines if "started" in line]
+    assert started == ["head", "tail", "short"]
+
+
+def test_run_tasks_stops_its_processes_when_interrupted(tmp_path, monkeypatch):
     started = []
     popen = skill.subprocess.Popen
 
@@ -37,11 +74,11 @@ def test_run_jobs_stops_its_processes_when_interrupted(tmp_path, monkeypatch):
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(skill.subprocess, "Popen", record)
-    monkeypatch.setattr(skill.time, "sleep", interrupt)
-    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    monkeypatch.setattr("bench.skill.tasks.subprocess.Popen", record)
+    monkeypatch.setattr("bench.skill.tasks.time.sleep", interrupt)
+    sleeper = "import time; time.sleep(60)"
     with pytest.raises(KeyboardInterrupt):
-        skill.run_jobs({"a": sleeper, "b": sleeper}, 2, tmp_path)
+        run_tasks([_task("a", code=sleeper), _task("b", code=sleeper)], 2, tmp_path, tmp_path)
     assert len(started) == 2
     assert all(proc.returncode is not None for proc in started)  # terminated and reaped
 
@@ -58,39 +95,97 @@ def test_suite_argv_passes_the_options_but_not_the_report(tmp_path):
     argv = skill._suite_argv("radar", args)
     assert argv[:3] == [sys.executable, "-m", "bench.skill.run"]
     assert argv[3:] == [
-        "--suite", "radar", "--out", str(tmp_path), "--stage", "train", "--stage", "sample",
-        "--only", "edm", "--force", "--train-override", "trainer.max_epochs=1",
+        "--suite", "radar", "--stage", "train", "--stage", "sample", "--only", "edm",
+        "--out", str(tmp_path), "--force", "--train-override", "trainer.max_epochs=1",
     ]  # fmt: skip
+
+
+def _graph(suite_name, tmp_path, monkeypatch):
+    monkeypatch.setattr(skill, "OUT", tmp_path)
+    stages = [s for s in skill.STAGES if s not in ("build", "report")]
+    tasks = skill.suite_tasks(skill.SUITES[suite_name], stages, ["--out", str(tmp_path)])
+    return {t.name: t for t in tasks}
+
+
+def _only(task):
+    argv = list(task.argv)
+    return argv[argv.index("--only") + 1] if "--only" in argv else None
+
+
+def test_the_iberia_core_graph(tmp_path, monkeypatch):
+    graph = _graph("iberia", tmp_path, monkeypatch)
+    core = skill._IBERIA_60
+    train, select = "iberia.train.residual_sqrt_60", "iberia.select.residual_sqrt_60"
+    draw = f"iberia.sample.{skill._slug(core.name)}"
+    assert graph[select].after == (train,) and graph[draw].after == (train, select)
+    assert _only(graph[draw]) == skill._slug(core.name) and "sample" in graph[draw].argv
+    assert _only(graph[train]) == "residual_sqrt_60" and "train" in graph[train].argv
+    # one training per model of the core rows; the regression row needs no checkpoint choice
+    trains = {n.split(".")[2] for n in graph if ".train." in n}
+    assert trains == {"regression", "gan", "residual_sqrt_60", "residual_sqrt_60_seed1"}
+    assert graph["iberia.sample.regression_unet"].after == ("iberia.train.regression",)
+    # pooled rows are left to the scoring task, which comes after every other task
+    assert not any("pooled" in n for n in graph)
+    score = graph["iberia.score"]
+    assert set(score.after) == set(graph) - {"iberia.score"}
+    assert [a for a in score.argv if a in skill.STAGES] == ["sample", "evaluate", "gcm"]
+    assert _only(score) is None
+
+
+def test_derived_rows_are_drawn_by_the_scoring_task(tmp_path, monkeypatch):
+    graph = _graph("radar", tmp_path, monkeypatch)
+    assert not any(n.endswith("_conserved") for n in graph)
+    assert "radar.sample.gan_64_px_tiles_8_members" in graph
+
+
+def test_recorded_costs_order_the_core_trainings_first(tmp_path, monkeypatch):
+    """The estimates come from bench/results/skill.json: the two 60-epoch trainings lead the
+    longest chains."""
+    graph = {**_graph("iberia", tmp_path, monkeypatch), **_graph("radar", tmp_path, monkeypatch)}
+    lengths = path_lengths(list(graph.values()))
+    first = sorted(lengths, key=lambda n: -lengths[n])[:2]
+    assert set(first) == {"iberia.train.residual_sqrt_60", "iberia.train.residual_sqrt_60_seed1"}
 
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """main's parallel path with the report replaced by a record; ``recorded["failed"]`` is what
-    the suites' processes (a record too) report as failed."""
-    calls = {"jobs": [], "report": [], "failed": []}
+    """main's parallel path with the processes, the builds and the report replaced by records;
+    ``recorded["failed"]`` is what the tasks report as failed."""
+    calls = {"tasks": [], "report": [], "build": [], "failed": []}
 
-    def fake_jobs(commands, jobs, log_dir):
-        calls["jobs"].append((list(commands), jobs, log_dir))
+    def fake_tasks(tasks, jobs, log_dir, cwd, log):
+        calls["tasks"].append((list(tasks), jobs, log_dir))
         return calls["failed"]
 
     for name in ("OUT", "ABLATIONS"):  # main sets them: restored after the test
         monkeypatch.setattr(skill, name, getattr(skill, name))
-    monkeypatch.setattr(skill, "run_jobs", fake_jobs)
+    monkeypatch.setattr(skill, "run_tasks", fake_tasks)
+    monkeypatch.setattr(skill, "stage_build", lambda suite: calls["build"].append(suite.name))
     monkeypatch.setattr(skill, "stage_report", lambda suites: calls["report"].append(suites))
     return calls
 
 
-def test_main_runs_the_cpu_suites_side_by_side_then_the_report(tmp_path, recorded):
+def test_main_builds_then_runs_every_cpu_suites_steps_then_the_report(tmp_path, recorded):
     assert skill.main(["--jobs", "2", "--out", str(tmp_path)]) == 0
-    [(names, jobs, log_dir)] = recorded["jobs"]
-    assert names == [n for n, s in skill.SUITES.items() if not s.gpu]
+    cpu = [n for n, s in skill.SUITES.items() if not s.gpu]
+    assert recorded["build"] == cpu
+    [(tasks, jobs, log_dir)] = recorded["tasks"]
+    assert {t.name.split(".")[0] for t in tasks} == set(cpu)
+    assert {f"{n}.score" for n in cpu} <= {t.name for t in tasks}
     assert (jobs, log_dir) == (2, tmp_path / "logs")
     assert len(recorded["report"]) == 1
 
 
-def test_main_stops_with_the_failed_suite_and_no_report(tmp_path, recorded):
-    recorded["failed"] = ["radar"]
-    with pytest.raises(SystemExit, match="suite radar failed"):
+def test_main_with_only_runs_one_process_per_suite(tmp_path, recorded):
+    assert skill.main(["--jobs", "2", "--out", str(tmp_path), "--only", "models"]) == 0
+    [(tasks, _, _)] = recorded["tasks"]
+    assert [t.name for t in tasks] == [n for n, s in skill.SUITES.items() if not s.gpu]
+    assert all(t.after == () for t in tasks)
+
+
+def test_main_stops_with_the_failed_steps_and_no_report(tmp_path, recorded):
+    recorded["failed"] = ["radar.train.gan", "radar.score"]
+    with pytest.raises(SystemExit, match="radar.train.gan, radar.score failed"):
         skill.main(["--jobs", "2", "--out", str(tmp_path)])
     assert recorded["report"] == []
 
