@@ -10,8 +10,8 @@ training the regression's forward pass was 27% of a residual-stage step (bench/s
 The cached values are those a step computes, to float32 rounding: the nets use no batch statistics,
 but CPU convolutions round differently for different batch sizes, and a cross-fitted mean runs each
 fold's net on that fold's part of the batch, whose size changes with the shuffle. On the Iberia core's
-trained regression a day's mean moved by up to 2e-7 (in the scaled units) between batchings; the
-uncached path itself moves by that much from one shuffle to the next. A training with the cache
+trained regression a day's mean moved by up to 2e-7 (in the scaled units) against a batch of one,
+and by up to 4e-8 between two shuffles, which the uncached path also sees from epoch to epoch. A training with the cache
 therefore follows another trajectory from the first residual epoch on, as a run with another
 shuffle order would (bench/skill/notes.md, item 30).
 """
