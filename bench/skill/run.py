@@ -15,7 +15,7 @@ the rows that show how they were found (REFERENCE's sigma_data 0.5, sigma_data 0
 sweep of <= 10-NFE samplers). ``--out DIR`` puts everything in DIR instead of ``outputs/skill``.
 ``--jobs 2`` runs the steps of every suite as a graph of processes, two at a time with half the CPU's
 torch threads each (:mod:`bench.skill.tasks`; what ``make bench-skill`` does; logs in
-``OUT/logs/bench_<step>.log``), then the report; with ``--only`` each suite is one process.
+``OUT/logs/bench_<suite>.<step>.log``), then the report; with ``--only`` each suite is one process.
 """
 
 from __future__ import annotations
@@ -1417,8 +1417,7 @@ def _run_argv(suite: str, stages: Sequence[str], only: str | None, flags: Sequen
 def _suite_argv(suite: str, args: argparse.Namespace) -> list[str]:
     """The command line of one suite's process (every chosen stage but the report)."""
     stages = [s for s in args.stage or STAGES if s != "report"]
-    argv = _run_argv(suite, stages, args.only, _flags(args))
-    return list(argv)
+    return list(_run_argv(suite, stages, args.only, _flags(args)))
 
 
 # estimates for steps the last recorded run does not time (seconds; they only order the steps)
@@ -1468,11 +1467,12 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
     if "train" in stages:
         for model in dict.fromkeys(s.model for s in rows):
             trained[model] = add("train", model, "train", model)
-    if "sample" in stages:
-        chosen = {}
+    chosen = {}
+    if "select" in stages or "sample" in stages:  # a draw of a chosen checkpoint chooses it first
         for model in dict.fromkeys(s.model for s in rows if s.checkpoint == "selected"):
             after = [trained[model]] if model in trained else []
             chosen[model] = add("select", model, "select", model, after)
+    if "sample" in stages:
         for row in rows:
             if row.derived_from or row.pooled_from:
                 continue

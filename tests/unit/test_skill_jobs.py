@@ -132,6 +132,16 @@ def test_the_iberia_core_graph(tmp_path, monkeypatch):
     assert _only(score) is None
 
 
+def test_a_select_stage_alone_runs_the_checkpoint_choices(tmp_path, monkeypatch):
+    monkeypatch.setattr(skill, "OUT", tmp_path)
+    tasks = skill.suite_tasks(skill.SUITES["iberia"], ["select"], [])
+    assert [t.name for t in tasks] == [
+        "iberia.select.residual_sqrt_60",
+        "iberia.select.residual_sqrt_60_seed1",
+    ]
+    assert all(t.after == () and "select" in t.argv for t in tasks)
+
+
 def test_derived_rows_are_drawn_by_the_scoring_task(tmp_path, monkeypatch):
     graph = _graph("radar", tmp_path, monkeypatch)
     assert not any(n.endswith("_conserved") for n in graph)
