@@ -174,6 +174,19 @@ _RADAR_FULL_RESIDUAL = Sampling(
     (*_DPMPP_10, "tiling=default", "tiling.max_batch=1024", "conserve=multiplicative"),
     2,
 )
+# the issue's 8 members (like RainFARM's and the analogs' rows), and its dpm2_heun 20, on a second
+# lease with the first lease's checkpoint (each about 3.6 min of an H100's sampling)
+_RADAR_FULL_RESIDUAL_8 = dataclasses.replace(
+    _RADAR_FULL_RESIDUAL,
+    name="residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 8 members, conserved",
+    n_members=8,
+)
+_RADAR_FULL_HEUN = Sampling(
+    "residual EDM (CorrDiff), dpm2_heun 20 (39 NFE), 2 members, conserved",
+    "residual",
+    ("sampler=dpm2_heun", "sampler.steps=20", *_RADAR_FULL_RESIDUAL.overrides[2:]),
+    2,
+)
 # the issue's regression row on the whole domain: the same lease's regression stage (15 epochs, its
 # best validation epoch kept), drawn alone (downscale.sample residual_mean=true). The lease left no
 # time to train a separate regression UNet; one forward pass a tile, so it is drawn on the CPU, 64
@@ -733,7 +746,13 @@ SUITES: dict[str, Suite] = {
         build=("build=radar_mrms",),
         store="radar_mrms.zarr",
         models={"residual": f"radar_mrms_residual {_RADAR_LEASE}"},
-        samplings=(_RADAR_FULL_RESIDUAL, _RADAR_FULL_MEAN, _conserved(_RADAR_FULL_MEAN)),
+        samplings=(
+            _RADAR_FULL_RESIDUAL,
+            _RADAR_FULL_RESIDUAL_8,
+            _RADAR_FULL_HEUN,
+            _RADAR_FULL_MEAN,
+            _conserved(_RADAR_FULL_MEAN),
+        ),
         baselines={
             **_RADAR_BASELINES,
             # like for like with the 2-member model row (a 2-member CRPS is biased high)

@@ -354,13 +354,15 @@ class _FixedWindows(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def _fit_shuffled(mean_cache_gb: float) -> ResidualModel:
+def _fit_shuffled(
+    mean_cache_gb: float, accelerator: str, precision: str = "32-true"
+) -> ResidualModel:
     """Two regression epochs, then three residual ones, on shuffled batches of 2 (each epoch
     groups the items differently)."""
     L.seed_everything(0)
     model = make(regression_epochs=2, mean_cache_gb=mean_cache_gb)
     trainer = L.Trainer(
-        max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator=accelerator, devices=1, precision=precision, max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(_FixedWindows(), batch_size=2, shuffle=True)
@@ -368,15 +370,35 @@ def _fit_shuffled(mean_cache_gb: float) -> ResidualModel:
     return model
 
 
-def test_mean_cache_trains_the_same_weights_as_recomputing():
+ACCELERATORS = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_mean_cache_trains_the_same_weights_as_recomputing(accelerator):
     """The cached regression means are the ones a step computes: the same weights (to float32
     rounding: convolutions round differently for other batch sizes) after three residual epochs
-    in shuffled batches, with 12 of 18 means looked up."""
-    cached, plain = _fit_shuffled(1.0), _fit_shuffled(0.0)
+    in shuffled batches, with 12 of 18 means looked up. On CUDA the cache lives on the card."""
+    cached, plain = _fit_shuffled(1.0, accelerator), _fit_shuffled(0.0, accelerator)
     assert plain.mean_cache is None
     assert len(cached.mean_cache) == 6
     assert (cached.mean_cache.hits, cached.mean_cache.misses) == (12, 6)
     assert cached.run_summary()["mean_cache_hits"] == 12
+    assert {v.device.type for v in cached.mean_cache._means.values()} == {accelerator}
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(cached.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_mean_cache_under_bf16_autocast(accelerator):
+    """Under bf16-mixed the cache keeps the means the autocast regression gives, and training
+    from them stays close to recomputing them."""
+    cached, plain = (_fit_shuffled(gb, accelerator, "bf16-mixed") for gb in (1.0, 0.0))
+    assert (cached.mean_cache.hits, cached.mean_cache.misses) == (12, 6)
     for key, value in plain.state_dict().items():
         torch.testing.assert_close(cached.state_dict()[key], value)
 
