@@ -174,8 +174,8 @@ _RADAR_FULL_RESIDUAL = Sampling(
     (*_DPMPP_10, "tiling=default", "tiling.max_batch=1024", "conserve=multiplicative"),
     2,
 )
-# the issue's 8 members (like RainFARM's and the analogs' rows), and its dpm2_heun 20, on a second
-# lease with the first lease's checkpoint (each about 3.6 min of an H100's sampling)
+# the issue's 8 members (like RainFARM's and the analogs' rows), and its dpm2_heun 20: drawn on a
+# second lease from the first lease's checkpoint (on an H200: 191 s and 154 s for the 8 frames)
 _RADAR_FULL_RESIDUAL_8 = dataclasses.replace(
     _RADAR_FULL_RESIDUAL,
     name="residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 8 members, conserved",
@@ -738,9 +738,10 @@ SUITES: dict[str, Suite] = {
         anchor_check="radar_full/anchors_check.json",
         anchors=_RADAR_ANCHORS,
     ),
-    # the issue's radar task on the whole domain: a GPU suite (runs only when named). Sized for one
-    # 15-minute lease: the residual EDM of the crop on the tiny net, trained for the lease's
-    # trainer.max_time; the baselines are CPU work (--only baselines)
+    # the issue's radar task on the whole domain: a GPU suite (runs only when named). The residual
+    # EDM of the crop on the tiny net, trained for 3.5 min (trainer.max_time); training and the
+    # three model draws take about 11 min of a GPU (two 15-minute leases, with their starts and
+    # scoring); the baselines are CPU work (--only baselines)
     "radar_gpu": Suite(
         name="radar_gpu",
         build=("build=radar_mrms",),
@@ -766,13 +767,15 @@ SUITES: dict[str, Suite] = {
         eval_overrides=(*_RADAR_EVAL, "evaluation.chunks.time=1", "~evaluation.figures"),
         anchors=_RADAR_ANCHORS,
         gpu=True,
-        note="The model row comes from one 15-minute lease of an NVIDIA H100 (the working tree of "
+        note="The model comes from one 15-minute lease of an NVIDIA H100 (the working tree of "
         "`669d19e` with this suite). Its training stopped at the lease's `trainer.max_time` after "
-        "58 epochs (3226 steps: 15 regression epochs, then 43 of the residual EDM). It was drawn "
-        "with the attention and tiling fixes of `664a240` and `41900be`, and scored on the GPU "
-        "machine with this scorecard (`downscale.sample ... evaluation=skill`). The regression rows "
-        "are its regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
-        "baselines, from the same store. See the notes, items 25 and 27.",
+        "58 epochs (3226 steps: 15 regression epochs, then 43 of the residual EDM). Its 2-member "
+        "dpmpp_2m row was drawn on that H100 with the attention and tiling fixes of `664a240` and "
+        "`41900be`; the 8-member and dpm2_heun 20 rows were drawn from the same checkpoint on a "
+        "second lease, of an NVIDIA H200 (`248dbc2`). Each was scored on its GPU machine by the "
+        "bench's evaluate stage with this scorecard. The regression rows are the model's "
+        "regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
+        "baselines, from the same store. See the notes, items 25, 27 and 31.",
     ),
 }
 
