@@ -26,7 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from downscale.logging.sweep import write_job_summary
 from downscale.sampling.constraints import METHODS, Conservation
-from downscale.sampling.driver import OneShotRun, Ranks, SampleRequest, SamplerRun, write_samples
+from downscale.sampling.driver import (
+    OneShotRun,
+    Ranks,
+    SampleRequest,
+    SamplerRun,
+    check_precision,
+    write_samples,
+)
 from downscale.sampling.dry import DryThreshold, fit_dry_threshold
 from downscale.sampling.schedules import denoiser_sigma_data, sigma_max_scale
 from downscale.utils.checkpoint import file_sha256, find_checkpoint, load_checkpoint, load_model
@@ -183,6 +190,9 @@ def check_options(cfg: DictConfig) -> SamplerRun | None:
         f"conserve={conserve} is unknown; use one of {', '.join(METHODS)} or null",
     )
     check_dry_options(cfg)
+    check_precision(
+        str(cfg.get("precision", "32-true")), resolve_device(str(cfg.get("device", "auto")))
+    )
     return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
 
 
@@ -218,6 +228,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
     if stepped:
         sampler, schedule_scale = scale_schedule(sampler, model, cfg)
     conserve = cfg.get("conserve")
+    precision = str(cfg.get("precision", "32-true"))
     dry = dry_threshold(cfg, datamodule.targets)
     constraint = chain(
         [dry, Conservation(datamodule.ds, datamodule.targets, conserve) if conserve else None]
@@ -238,6 +249,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             # only when set: unconstrained stores keep their request key
             **({"conserve": conserve} if conserve else {}),
             **({"dry": json.dumps(dry_record(cfg, dry))} if dry else {}),
+            # only when mixed: float32 stores keep their request key
+            **({"precision": precision} if precision != "32-true" else {}),
             "seed": int(cfg.seed),
             "split": str(cfg.split),
             "obs_store": datamodule.store,
@@ -338,6 +351,7 @@ def write_job(
         device=device,
         ranks=ranks,
         constraint=job.constraint,
+        precision=str(cfg.get("precision", "32-true")),
     )
 
 
@@ -430,6 +444,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         row.update({f"schedule.{k}": v for k, v in schedule.items()})
         row["schedule.scale"] = result.get("schedule_scale", 1.0)
     row["conserve"] = cfg.get("conserve")
+    row["precision"] = str(cfg.get("precision", "32-true"))
     row["dry.threshold"] = (cfg.get("dry") or {}).get("threshold")
     if "dry_fit_seconds" in result:
         row["dry_fit_seconds"] = result["dry_fit_seconds"]

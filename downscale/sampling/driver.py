@@ -9,6 +9,7 @@ creates the store before, and renames it after, the others' work (barriers).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -31,6 +32,33 @@ from downscale.sampling.samplers import randn_like
 from downscale.utils.atomic import replace
 from downscale.utils.errors import require
 from downscale.utils.seeding import device_label
+
+# the networks' precision while sampling, named as Lightning's trainer.precision
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device | str | None = None) -> None:
+    """Refuse an unknown sampling precision, and ``16-mixed`` off a GPU, with the fix."""
+    require(
+        precision in PRECISIONS,
+        f"precision={precision} is unknown; use one of {', '.join(PRECISIONS)}",
+    )
+    require(
+        precision != "16-mixed" or device is None or torch.device(device).type == "cuda",
+        "precision=16-mixed needs a GPU; use 32-true or bf16-mixed on CPU",
+    )
+
+
+def network_precision(
+    device: torch.device, precision: str
+) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``bf16-mixed``/``16-mixed``: the networks' convolutions, matmuls and
+    attention run in half precision, while the sampler's state and arithmetic stay float32 (the
+    preconditioners return float32; tiles blend in float32). ``32-true``: no autocast."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class CountingDenoiser(torch.nn.Module):
@@ -265,11 +293,13 @@ def write_samples(
     progress: bool = True,
     ranks: Ranks | None = None,
     constraint: Callable[[str, np.ndarray, np.ndarray], np.ndarray] | None = None,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """Sample ``request.times`` into ``request.out`` block by block; skip blocks already done.
 
     ``constraint(name, physical (T, M, H, W), store time indices)`` post-processes each block in
     physical units before it is written (:class:`downscale.sampling.constraints.Conservation`).
+    ``precision``: the networks' precision (:func:`network_precision`).
 
     Returns ``{"path", "nfe", "seconds", "blocks_computed", "device"}`` (blocks summed over ranks;
     ``device`` names the hardware, None when the store was complete already). The store
@@ -280,6 +310,7 @@ def write_samples(
     require(request.n_members >= 1, "n_members must be at least 1; e.g. n_members=4")
     require(request.block_size >= 1, "block_size must be at least 1; e.g. block_size=8")
     require(batch_size >= 1, "batch_size must be at least 1")
+    check_precision(precision, device)
     ranks = ranks or Ranks.current()
     if request.out.exists():
         existing = xr.open_zarr(request.out, consolidated=False).attrs
@@ -313,7 +344,10 @@ def write_samples(
     )
     for b in mine:
         lo, times = b * request.block_size, _block_times(request, b)
-        draws, nfe = _sample_block(model, datamodule, sampler, request, times, batch_size, device)
+        with network_precision(device, precision):
+            draws, nfe = _sample_block(
+                model, datamodule, sampler, request, times, batch_size, device
+            )
         _write_block(datamodule, draws, partial, lo, times, constraint)
         (blocks / str(b)).write_text(str(nfe))  # the block is done (and its cost)
         bar.update(len(times))

@@ -174,7 +174,9 @@ class TiledDenoiser:
             at = anchor[i.to(anchor.device)] + corners[t].to(anchor.device)
             x0 = self.denoiser(xt, sigma[i.to(sigma.device)], ct, anchor=at)
             if out is None:
-                out = x0.new_zeros((b, x0.shape[1], h, w))
+                # at least x's precision: half-precision tiles (autocast) blend in float32
+                dtype = torch.promote_types(x0.dtype, x.dtype)
+                out = x0.new_zeros((b, x0.shape[1], h, w), dtype=dtype)
             index = _flat_index(i, corners[t], x0.shape[1], (h, w), (th, tw))
             out.view(-1).index_add_(0, index.reshape(-1), (x0 * weights[t, None]).reshape(-1))
         return out * inv_total

@@ -27,6 +27,7 @@ CASES = [
     (["select"], "give run_dir=<train run dir> or candidates"),
     (["select", "candidates=[/nonexistent/*.ckpt]"], "nothing matches /nonexistent/*.ckpt"),
     (["sample", "dry.threshold=often"], "dry.threshold must be null, a number >= 0"),
+    (["sample", "precision=fp8"], "precision=fp8 is unknown; use one of 32-true, bf16-mixed"),
     (["pool"], "stores must list two or more sample stores"),
     (["pool", "stores=[/nonexistent/a.zarr,/nonexistent/b.zarr]"], "does not exist; sample it"),
     (["evaluate"], "no samples given"),

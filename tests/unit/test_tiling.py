@@ -151,6 +151,22 @@ def test_one_shot_model_tiled_equals_full_domain_for_a_local_operator() -> None:
     torch.testing.assert_close(out[..., 2:-2, 2:-2], full[..., 2:-2, 2:-2], rtol=1e-5, atol=1e-5)
 
 
+def test_half_precision_tiles_blend_in_float32() -> None:
+    """Under bf16 autocast a one-shot net's tiles come back in bf16; they are blended in float32,
+    so the tiled field equals the bf16 tiles blended exactly (and is float32)."""
+    g = torch.Generator().manual_seed(2)
+    field = torch.randn(2, 1, 48, 72, generator=g)
+
+    def half(z, c, anchor=None):
+        return z.to(torch.bfloat16)  # a pointwise "net" with a bf16 output
+
+    wrap = functools.partial(TiledDenoiser, tile=24, overlap=12, max_batch=4)
+    out = tiled_one_shot(half, field, field, wrap)
+    assert out.dtype == torch.float32
+    # blending copies of one value with weights summing to 1 gives that value back
+    torch.testing.assert_close(out, field.to(torch.bfloat16).float(), rtol=1e-6, atol=1e-6)
+
+
 def test_each_tile_gets_the_input_anchor_plus_its_offset() -> None:
     """Every tile's anchor is its input's anchor (None: (0, 0)) plus the tile's (row, col) offset;
     the tile's pixels, which encode their position, confirm it."""
