@@ -362,8 +362,9 @@ def _fit_shuffled(
     L.seed_everything(0)
     model = make(regression_epochs=2, mean_cache_gb=mean_cache_gb)
     trainer = L.Trainer(
-        accelerator=accelerator, devices=1, precision=precision, max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator=accelerator, devices=1, precision=precision, max_epochs=5, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(_FixedWindows(), batch_size=2, shuffle=True)
     trainer.fit(model, train_dataloaders=loader)
