@@ -167,6 +167,11 @@ def check_dry_options(cfg: DictConfig) -> None:
     )
 
 
+def sampling_precision(cfg: DictConfig) -> str:
+    """The networks' precision of a sampling config (``precision``; float32 when absent)."""
+    return str(cfg.get("precision", "32-true"))
+
+
 def check_options(cfg: DictConfig) -> SamplerRun | None:
     """Check the sampling options that need no checkpoint; return the sampler they build."""
     for key in ("n_members", "block_size", "batch_size", "devices"):
@@ -190,9 +195,7 @@ def check_options(cfg: DictConfig) -> SamplerRun | None:
         f"conserve={conserve} is unknown; use one of {', '.join(METHODS)} or null",
     )
     check_dry_options(cfg)
-    check_precision(
-        str(cfg.get("precision", "32-true")), resolve_device(str(cfg.get("device", "auto")))
-    )
+    check_precision(sampling_precision(cfg), resolve_device(str(cfg.get("device", "auto"))))
     return build_sampler(cfg)  # unknown arguments, steps < 1, sigma_min >= sigma_max, tiling
 
 
@@ -228,7 +231,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
     if stepped:
         sampler, schedule_scale = scale_schedule(sampler, model, cfg)
     conserve = cfg.get("conserve")
-    precision = str(cfg.get("precision", "32-true"))
+    precision = sampling_precision(cfg)
     dry = dry_threshold(cfg, datamodule.targets)
     constraint = chain(
         [dry, Conservation(datamodule.ds, datamodule.targets, conserve) if conserve else None]
@@ -351,7 +354,7 @@ def write_job(
         device=device,
         ranks=ranks,
         constraint=job.constraint,
-        precision=str(cfg.get("precision", "32-true")),
+        precision=sampling_precision(cfg),
     )
 
 
@@ -444,7 +447,7 @@ def sweep_row(cfg: DictConfig, result: dict[str, Any], n_members: int) -> dict[s
         row.update({f"schedule.{k}": v for k, v in schedule.items()})
         row["schedule.scale"] = result.get("schedule_scale", 1.0)
     row["conserve"] = cfg.get("conserve")
-    row["precision"] = str(cfg.get("precision", "32-true"))
+    row["precision"] = sampling_precision(cfg)
     row["dry.threshold"] = (cfg.get("dry") or {}).get("threshold")
     if "dry_fit_seconds" in result:
         row["dry_fit_seconds"] = result["dry_fit_seconds"]

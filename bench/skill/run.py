@@ -168,10 +168,11 @@ _RADAR_GAN = Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8)
 # tiles per denoiser call (tiling's default is 16), every 8 x 8 block's mean set to the coarse
 # field. 2 members: on one H100 they took 54 s for the 8 test frames (10 NFE, net=tiny),
 # what a 15-minute lease left after training
+_FULL_TILES = ("tiling=default", "tiling.max_batch=1024", "conserve=multiplicative")
 _RADAR_FULL_RESIDUAL = Sampling(
     "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 2 members, conserved",
     "residual",
-    (*_DPMPP_10, "tiling=default", "tiling.max_batch=1024", "conserve=multiplicative"),
+    (*_DPMPP_10, *_FULL_TILES),
     2,
 )
 # the issue's 8 members (like RainFARM's and the analogs' rows), and its dpm2_heun 20: drawn on a
@@ -184,7 +185,7 @@ _RADAR_FULL_RESIDUAL_8 = dataclasses.replace(
 _RADAR_FULL_HEUN = Sampling(
     "residual EDM (CorrDiff), dpm2_heun 20 (39 NFE), 2 members, conserved",
     "residual",
-    ("sampler=dpm2_heun", "sampler.steps=20", *_RADAR_FULL_RESIDUAL.overrides[2:]),
+    ("sampler=dpm2_heun", "sampler.steps=20", *_FULL_TILES),
     2,
 )
 # the issue's regression row on the whole domain: the same lease's regression stage (15 epochs, its
