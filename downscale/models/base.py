@@ -18,7 +18,7 @@ from torch import nn
 
 from downscale import __version__
 from downscale.models.ema import EMA
-from downscale.utils.errors import UserError
+from downscale.utils.errors import UserError, require
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -93,9 +93,11 @@ class DownscaleModule(L.LightningModule):
     Args:
         optimizer: factory ``(params) -> Optimizer`` (a ``_partial_`` config).
         scheduler: optional factory ``(optimizer[, total_steps]) -> LR scheduler``, or a mapping
-            ``{factory, interval, monitor}`` (the ``scheduler`` config group); ``interval`` /
-            ``scheduler_interval`` is ``step`` or ``epoch`` and ``monitor`` /
-            ``scheduler_monitor`` names the metric for plateau schedulers.
+            ``{factory, interval, monitor, horizon_epochs}`` (the ``scheduler`` config group);
+            ``interval`` / ``scheduler_interval`` is ``step`` or ``epoch``, ``monitor`` /
+            ``scheduler_monitor`` names the metric for plateau schedulers, and
+            ``horizon_epochs`` / ``scheduler_horizon_epochs`` the epochs a ``total_steps``
+            schedule spans (None: the run's; more: the run stops part way along it).
         ema: optional factory ``(module) -> EMA``; the EMA weights are used for validation and sampling.
         compile: compile the network(s) with ``torch.compile`` (in place: checkpoints keep their keys).
         compile_kwargs: keyword arguments of ``torch.compile`` (e.g. ``backend``, ``mode``).
@@ -114,6 +116,7 @@ class DownscaleModule(L.LightningModule):
         scheduler: SchedulerFactory | Mapping[str, Any] | None = None,
         scheduler_interval: str = "step",
         scheduler_monitor: str = "val/loss",
+        scheduler_horizon_epochs: int | None = None,
         ema: Callable[[nn.Module], EMA] | None = None,
         compile: bool = False,
         compile_kwargs: Mapping[str, Any] | None = None,
@@ -122,6 +125,7 @@ class DownscaleModule(L.LightningModule):
         if isinstance(scheduler, Mapping):
             scheduler_interval = scheduler.get("interval") or scheduler_interval
             scheduler_monitor = scheduler.get("monitor") or scheduler_monitor
+            scheduler_horizon_epochs = scheduler.get("horizon_epochs") or scheduler_horizon_epochs
             scheduler = scheduler.get("factory")
         if scheduler_interval not in ("step", "epoch"):
             raise UserError(
@@ -131,6 +135,7 @@ class DownscaleModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.scheduler_monitor = scheduler_monitor
+        self.scheduler_horizon_epochs = scheduler_horizon_epochs
         self.ema_factory = ema
         self.compile_net = bool(compile)
         self.compile_kwargs = dict(compile_kwargs or {})
@@ -180,9 +185,27 @@ class DownscaleModule(L.LightningModule):
         ]
 
     def total_steps(self) -> int | None:
-        """Optimizer steps of the whole run (for cosine / one-cycle schedules)."""
+        """Optimizer steps a cosine / one-cycle schedule spans: the whole run's, or
+        ``scheduler_horizon_epochs`` epochs' worth of them."""
         trainer = getattr(self, "_trainer", None)
-        return None if trainer is None else trainer.estimated_stepping_batches
+        if trainer is None:
+            return None
+        steps = trainer.estimated_stepping_batches
+        horizon = self.scheduler_horizon_epochs
+        if horizon is None:
+            return steps
+        max_epochs = trainer.max_epochs
+        require(
+            trainer.max_steps == -1 and max_epochs is not None and max_epochs > 0,
+            "scheduler.horizon_epochs counts epochs; set trainer.max_epochs (not trainer.max_steps)",
+        )
+        require(
+            horizon >= max_epochs,
+            f"scheduler.horizon_epochs={horizon} ends before trainer.max_epochs={max_epochs}; "
+            "give a horizon of at least max_epochs (or null for the run's length)",
+        )
+        # Lightning's estimate is ceil(batches / accumulation) x max_epochs: whole epochs of steps
+        return steps // max_epochs * horizon
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.trainable_parameters())

@@ -119,6 +119,32 @@ def test_lr_schedule_is_logged_and_summary_written(tmp_path, cache_dir):
     assert summary["n_parameters"] == sum(p.numel() for p in model.denoiser.parameters())
 
 
+def test_schedule_horizon_longer_than_the_run(tmp_path, cache_dir):
+    """horizon_epochs=2 with max_epochs=1: the run's 2 steps are the first half of a 4-step cosine,
+    0.5 (1 + cos(pi k / 4)), not the whole of a 2-step one."""
+    _train(tmp_path, ["scheduler=cosine", "scheduler.horizon_epochs=2"], callbacks="default")
+    rows = _rows(tmp_path / "metrics.csv")
+    lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+    expected = [2e-4 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(2)]
+    assert lrs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["trainer.max_epochs=3", "scheduler.horizon_epochs=2"],
+            "ends before trainer.max_epochs=3",
+        ),
+        (["trainer.max_steps=2", "scheduler.horizon_epochs=2"], "set trainer.max_epochs"),
+    ],
+)
+def test_schedule_horizon_errors(tmp_path, cache_dir, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        _train(tmp_path, ["scheduler=cosine", *extra], logger="none")
+    assert message in capsys.readouterr().err
+
+
 def test_bf16_mixed_trains_on_cpu(tmp_path, cache_dir):
     result = _train(tmp_path, ["trainer.precision=bf16-mixed"], logger="none")
     assert math.isfinite(result["metrics"]["train/loss"])
