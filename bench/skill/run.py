@@ -314,44 +314,53 @@ _IBERIA_RESIDUAL_39 = _reference_sampler(
     "residual EDM, sqrt target, cross-fit 2, dpm2_heun 20 steps (39 NFE), val-CRPS checkpoint, "
     "dry threshold, 4 members",
 )
-# the table's core (notes item 24): two trainings of the square-root setting, 60 epochs each, 16
-# members of each pooled (one training is under-dispersed; the second is drawn with sampling seed
-# 1 so that the halves do not share noise)
-_IBERIA_60 = Sampling(
-    "residual EDM, sqrt target, cross-fit 2, 60 epochs, dpmpp_2m 10 (10 NFE), val-CRPS "
-    "checkpoint, dry threshold, 16 members",
-    "residual_sqrt_60",
-    (*_RESIDUAL_SAMPLER, _DRY),
-    16,
-    checkpoint="selected",
-)
-_IBERIA_60_SEED1 = Sampling(
-    "residual EDM, sqrt target, cross-fit 2, 60 epochs, seed 1, dpmpp_2m 10 (10 NFE), val-CRPS "
-    "checkpoint, dry threshold, sampling seed 1, 16 members",
-    "residual_sqrt_60_seed1",
-    (*_RESIDUAL_SAMPLER, _DRY, "seed=1"),
-    16,
-    checkpoint="selected",
-)
-_IBERIA_CORE = (
-    *(
+
+
+def _pool_of_two(label: str, model: str, ablation: bool) -> tuple[Sampling, ...]:
+    """Two trainings of the square-root setting (``model`` with seed 42, ``model``_seed1), 16
+    members of each pooled (one training is under-dispersed; the second is drawn with sampling
+    seed 1 so that the halves do not share noise): the pools of 8 + 8 and 16 + 16 members, each
+    training's 16, and the first's 4 members with the issue's dpm2_heun 20."""
+    base = f"residual EDM, sqrt target, cross-fit 2, {label}"
+    first = Sampling(
+        f"{base}, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, 16 members",
+        model,
+        (*_RESIDUAL_SAMPLER, _DRY),
+        16,
+        ablation=ablation,
+        checkpoint="selected",
+    )
+    second = Sampling(
+        f"{base}, seed 1, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, sampling "
+        "seed 1, 16 members",
+        f"{model}_seed1",
+        (*_RESIDUAL_SAMPLER, _DRY, "seed=1"),
+        16,
+        ablation=ablation,
+        checkpoint="selected",
+    )
+    pools = tuple(
         _pooled(
-            f"residual EDM, sqrt target, cross-fit 2, 60 epochs, seeds 42 + 1 pooled ({m} + {m} "
-            "members), dpmpp_2m 10 (10 NFE), val-CRPS checkpoints, dry threshold",
-            (_IBERIA_60, _IBERIA_60_SEED1),
+            f"{base}, seeds 42 + 1 pooled ({m} + {m} members), dpmpp_2m 10 (10 NFE), val-CRPS "
+            "checkpoints, dry threshold",
+            (first, second),
             2 * m,
-            ablation=False,
+            ablation=ablation,
         )
         for m in (8, 16)
-    ),
-    _IBERIA_60,
-    _IBERIA_60_SEED1,
-    _reference_sampler(
-        _IBERIA_60,
-        "residual EDM, sqrt target, cross-fit 2, 60 epochs, dpm2_heun 20 steps (39 NFE), "
-        "val-CRPS checkpoint, dry threshold, 4 members",
-    ),
-)
+    )
+    reference = _reference_sampler(
+        first,
+        f"{base}, dpm2_heun 20 steps (39 NFE), val-CRPS checkpoint, dry threshold, 4 members",
+    )
+    return (*pools, first, second, reference)
+
+
+# the table's core (notes item 33): the first 62 epochs of two 100-epoch trainings, pooled
+_IBERIA_CORE = _pool_of_two("62 of 100 epochs", "residual_sqrt_62", ablation=False)
+_IBERIA_62 = _IBERIA_CORE[2]
+# the core before (notes item 24): two trainings of 60 epochs (a cosine schedule ending at 60)
+_IBERIA_60_POOL = _pool_of_two("60 epochs", "residual_sqrt_60", ablation=True)
 
 
 def _sqrt_40(seed: int) -> Sampling:
@@ -441,6 +450,10 @@ _IBERIA_RESIDUAL_RAW_32 = Sampling(
     ablation=True,
 )
 
+# the 100-epoch cosine schedule of experiment=iberia_residual_sqrt, stopped after its epoch 61: every
+# checkpoint that downscale.select picked from the 100-epoch runs is in them (notes item 33)
+_FIRST_62 = "trainer.max_epochs=62 scheduler.horizon_epochs=100"
+
 # how the iberia_gpu rows were trained (one 15-minute GPU lease; see the suite)
 _LEASE = "model.regression_keep_best=false +trainer.max_time=00:00:05:10"
 # the radar_gpu model's share of its 15-minute lease (the rest: start, sampling, scoring), without
@@ -473,6 +486,9 @@ SUITES: dict[str, Suite] = {
             # the core: two trainings of 60 epochs, pooled (notes item 24)
             "residual_sqrt_60": "iberia_residual_sqrt trainer.max_epochs=60",
             "residual_sqrt_60_seed1": "iberia_residual_sqrt trainer.max_epochs=60 seed=1",
+            # the first 62 epochs of the 100-epoch runs above (notes item 33)
+            "residual_sqrt_62": f"iberia_residual_sqrt {_FIRST_62}",
+            "residual_sqrt_62_seed1": f"iberia_residual_sqrt {_FIRST_62} seed=1",
             # the same budget over three seeds (notes item 26)
             **{
                 f"residual_sqrt_40{suffix}": "iberia_residual_sqrt trainer.max_epochs=40 "
@@ -529,6 +545,7 @@ SUITES: dict[str, Suite] = {
                 ablation=True,
             ),
             *_IBERIA_CORE,
+            *_IBERIA_60_POOL,
             *_IBERIA_40,
             _IBERIA_40_POOL,
             # the ensemble CRPS estimator favours larger ensembles (its excess over the limit is
@@ -612,7 +629,7 @@ SUITES: dict[str, Suite] = {
         domain=_IBERIA_DOMAIN,
         fast_candidates=_FAST,
         fast_model="edm",
-        gcm_sampling=_IBERIA_60.name,
+        gcm_sampling=_IBERIA_62.name,
         gcm_build=("build=iberia_gcm",),
         gcm_store="iberia_gcm.zarr",
         anchors=_IBERIA_ANCHORS,

@@ -114,15 +114,15 @@ def _only(task):
 
 def test_the_iberia_core_graph(tmp_path, monkeypatch):
     graph = _graph("iberia", tmp_path, monkeypatch)
-    core = skill._IBERIA_60
-    train, select = "iberia.train.residual_sqrt_60", "iberia.select.residual_sqrt_60"
+    core = skill._IBERIA_62
+    train, select = "iberia.train.residual_sqrt_62", "iberia.select.residual_sqrt_62"
     draw = f"iberia.sample.{skill._slug(core.name)}"
     assert graph[select].after == (train,) and graph[draw].after == (train, select)
     assert _only(graph[draw]) == skill._slug(core.name) and "sample" in graph[draw].argv
-    assert _only(graph[train]) == "residual_sqrt_60" and "train" in graph[train].argv
+    assert _only(graph[train]) == "residual_sqrt_62" and "train" in graph[train].argv
     # one training per model of the core rows; the regression row needs no checkpoint choice
     trains = {n.split(".")[2] for n in graph if ".train." in n}
-    assert trains == {"regression", "gan", "residual_sqrt_60", "residual_sqrt_60_seed1"}
+    assert trains == {"regression", "gan", "residual_sqrt_62", "residual_sqrt_62_seed1"}
     assert graph["iberia.sample.regression_unet"].after == ("iberia.train.regression",)
     # pooled rows are left to the scoring task, which comes after every other task
     assert not any("pooled" in n for n in graph)
@@ -136,8 +136,8 @@ def test_a_select_stage_alone_runs_the_checkpoint_choices(tmp_path, monkeypatch)
     monkeypatch.setattr(skill, "OUT", tmp_path)
     tasks = skill.suite_tasks(skill.SUITES["iberia"], ["select"], [])
     assert [t.name for t in tasks] == [
-        "iberia.select.residual_sqrt_60",
-        "iberia.select.residual_sqrt_60_seed1",
+        "iberia.select.residual_sqrt_62",
+        "iberia.select.residual_sqrt_62_seed1",
     ]
     assert all(t.after == () and "select" in t.argv for t in tasks)
 
@@ -154,7 +154,7 @@ def test_recorded_costs_order_the_core_trainings_first(tmp_path, monkeypatch):
     graph = {**_graph("iberia", tmp_path, monkeypatch), **_graph("radar", tmp_path, monkeypatch)}
     lengths = path_lengths(list(graph.values()))
     first = sorted(lengths, key=lambda n: -lengths[n])[:2]
-    assert set(first) == {"iberia.train.residual_sqrt_60", "iberia.train.residual_sqrt_60_seed1"}
+    assert set(first) == {"iberia.train.residual_sqrt_62", "iberia.train.residual_sqrt_62_seed1"}
 
 
 @pytest.fixture
