@@ -125,7 +125,7 @@ class DownscaleModule(L.LightningModule):
         if isinstance(scheduler, Mapping):
             scheduler_interval = scheduler.get("interval") or scheduler_interval
             scheduler_monitor = scheduler.get("monitor") or scheduler_monitor
-            scheduler_horizon_epochs = scheduler.get("horizon_epochs") or scheduler_horizon_epochs
+            scheduler_horizon_epochs = scheduler.get("horizon_epochs", scheduler_horizon_epochs)
             scheduler = scheduler.get("factory")
         if scheduler_interval not in ("step", "epoch"):
             raise UserError(

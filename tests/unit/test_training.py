@@ -136,6 +136,7 @@ def test_schedule_horizon_longer_than_the_run(tmp_path, cache_dir):
             ["trainer.max_epochs=3", "scheduler.horizon_epochs=2"],
             "ends before trainer.max_epochs=3",
         ),
+        (["scheduler.horizon_epochs=0"], "ends before trainer.max_epochs=1"),
         (["trainer.max_steps=2", "scheduler.horizon_epochs=2"], "set trainer.max_epochs"),
     ],
 )
