@@ -19,6 +19,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
+# a test's devices: the CPU, and CUDA where a GPU is present (skipped otherwise)
+CPU_AND_CUDA = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
 # Sizes small enough for 2 CPU cores: 32 x 32 fine grid, x4 coarse, 64 days.
 TINY_DATA = [
     "data.store.n_days=64",

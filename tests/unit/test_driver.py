@@ -21,7 +21,7 @@ from downscale.sampling.driver import (
 from downscale.sampling.samplers import SamplingError, sample_euler, sample_euler_ancestral
 from downscale.sampling.schedules import sigmas_karras
 from downscale.utils.errors import UserError
-from tests.conftest import synthetic_datamodule
+from tests.conftest import CPU_AND_CUDA, synthetic_datamodule
 
 
 class GaussianModel(torch.nn.Module):
@@ -383,16 +383,7 @@ class ConvGaussianModel(GaussianModel):
         return super().denoise(h.float(), sigma, cond)
 
 
-@pytest.mark.parametrize(
-    "device",
-    [
-        "cpu",
-        pytest.param(
-            "cuda",
-            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
 def test_bf16_mixed_runs_the_network_in_bf16_and_the_sampler_in_float32(
     tmp_path, datamodule, device
 ):

@@ -13,7 +13,7 @@ from downscale.models.regression import RegressionModel
 from downscale.models.residual import ResidualModel, residual_std
 from downscale.sampling.tiling import TiledDenoiser, tiled_one_shot
 from downscale.utils.errors import UserError
-from tests.conftest import compose_config
+from tests.conftest import CPU_AND_CUDA, compose_config
 from tests.unit.models_helpers import (
     C_COND,
     C_OUT,
@@ -371,15 +371,7 @@ def _fit_shuffled(
     return model
 
 
-ACCELERATORS = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-    ),
-]
-
-
-@pytest.mark.parametrize("accelerator", ACCELERATORS)
+@pytest.mark.parametrize("accelerator", CPU_AND_CUDA)
 def test_mean_cache_trains_the_same_weights_as_recomputing(accelerator):
     """The cached regression means are the ones a step computes: the same weights (to float32
     rounding: convolutions round differently for other batch sizes) after three residual epochs
@@ -394,7 +386,7 @@ def test_mean_cache_trains_the_same_weights_as_recomputing(accelerator):
         torch.testing.assert_close(cached.state_dict()[key], value)
 
 
-@pytest.mark.parametrize("accelerator", ACCELERATORS)
+@pytest.mark.parametrize("accelerator", CPU_AND_CUDA)
 def test_mean_cache_under_bf16_autocast(accelerator):
     """Under bf16-mixed the cache keeps the means the autocast regression gives, and training
     from them stays close to recomputing them."""

@@ -114,7 +114,7 @@ def _only(task):
 
 def test_the_iberia_core_graph(tmp_path, monkeypatch):
     graph = _graph("iberia", tmp_path, monkeypatch)
-    core = skill._IBERIA_62
+    core = skill._IBERIA_CORE.first
     train, select = "iberia.train.residual_sqrt_62", "iberia.select.residual_sqrt_62"
     draw = f"iberia.sample.{skill._slug(core.name)}"
     assert graph[select].after == (train,) and graph[draw].after == (train, select)
