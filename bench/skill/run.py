@@ -198,6 +198,18 @@ _RADAR_FULL_MEAN = Sampling(
     ("residual_mean=true", "tiling=default", "tiling.max_batch=64"),
     1,
 )
+# the other models on the whole domain, trained side by side on one card (the tiny net's
+# steps are host-bound: docs/gpu.md, "Training-step speed"), 8 members like the residual EDM's row.
+# The EDM is drawn conserved like the residual EDM (one row to score: the lease's call has room for
+# it); the GAN free, its conserved row derived from the same draws (one forward pass a tile, cheap)
+_FULL_TILES_FREE = tuple(o for o in _FULL_TILES if not o.startswith("conserve="))
+_RADAR_FULL_EDM = Sampling(
+    "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 8 members, conserved",
+    "edm",
+    (*_DPMPP_10, *_FULL_TILES),
+    8,
+)
+_RADAR_FULL_GAN = Sampling("GAN (128 px tiles), 8 members", "gan", _FULL_TILES_FREE, 8)
 _RADAR_BASELINES: dict[str, dict[str, Any]] = {
     "nearest": {"_target_": f"{_B}.nearest_baseline"},
     "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
@@ -463,6 +475,9 @@ _LEASE = "model.regression_keep_best=false +trainer.max_time=00:00:05:10"
 # the radar_gpu model's share of its 15-minute lease (the rest: start, sampling, scoring), without
 # the sample panels (each a 512 x 512 sampling run)
 _RADAR_LEASE = "+trainer.max_time=00:00:03:30 ~callbacks.sample_panels"
+# the whole-domain EDM's and GAN's: trained side by side on one card, and shorter, so that training,
+# the two 8-member draws and their scoring fit one device call (bench/skill/radar_gpu_lease.sh)
+_RADAR_LEASE_SHARED = "+trainer.max_time=00:00:03:00 ~callbacks.sample_panels"
 
 _FAST = (
     ("sampler=dpmpp_2m", "sampler.steps=10"),
@@ -768,13 +783,20 @@ SUITES: dict[str, Suite] = {
         name="radar_gpu",
         build=("build=radar_mrms",),
         store="radar_mrms.zarr",
-        models={"residual": f"radar_mrms_residual {_RADAR_LEASE}"},
+        models={
+            "residual": f"radar_mrms_residual {_RADAR_LEASE}",
+            "edm": f"radar_mrms_edm {_RADAR_LEASE_SHARED}",
+            "gan": f"radar_mrms_gan {_RADAR_LEASE_SHARED}",
+        },
         samplings=(
             _RADAR_FULL_RESIDUAL,
             _RADAR_FULL_RESIDUAL_8,
             _RADAR_FULL_HEUN,
             _RADAR_FULL_MEAN,
             _conserved(_RADAR_FULL_MEAN),
+            _RADAR_FULL_EDM,
+            _RADAR_FULL_GAN,
+            _conserved(_RADAR_FULL_GAN),
         ),
         baselines={
             **_RADAR_BASELINES,
@@ -797,7 +819,10 @@ SUITES: dict[str, Suite] = {
         "second lease, of an NVIDIA H200 (`248dbc2`). Each was scored on its GPU machine by the "
         "bench's evaluate stage with this scorecard. The regression rows are the model's "
         "regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
-        "baselines, from the same store. See the notes, items 25, 27 and 31.",
+        "baselines, from the same store. See the notes, items 25, 27 and 31. The whole-domain EDM "
+        "and GAN (`radar_mrms_edm`, `radar_mrms_gan`) are set up for the next lease "
+        "(`bench/skill/radar_gpu_lease.sh`, docs/gpu.md): their commands are listed below, and "
+        "their rows appear once they have run.",
     ),
 }
 
