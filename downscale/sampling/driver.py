@@ -31,7 +31,7 @@ from downscale import __version__
 from downscale.sampling.samplers import randn_like
 from downscale.utils.atomic import replace
 from downscale.utils.errors import require
-from downscale.utils.seeding import device_label
+from downscale.utils.seeding import device_label, warn_emulated_bf16
 
 # the networks' precision while sampling, named as Lightning's trainer.precision
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -47,6 +47,8 @@ def check_precision(precision: str, device: torch.device | str | None = None) ->
         precision != "16-mixed" or device is None or torch.device(device).type == "cuda",
         "precision=16-mixed needs a GPU; use 32-true or bf16-mixed on CPU",
     )
+    if device is not None:
+        warn_emulated_bf16(torch.device(device).type, precision)
 
 
 def network_precision(
