@@ -64,7 +64,7 @@ def warn_emulated_bf16(device_type: str, precision: str | int) -> None:
     if device_type == "cpu" and str(precision).startswith("bf16") and not native_cpu_bf16():
         warnings.warn(
             f"precision {precision} on a CPU without bf16 instructions (AVX512-BF16 or AMX) is "
-            "emulated and runs about 10x slower than float32; use 32 (trainer.precision=32, or "
+            "emulated and can run 10x slower than float32; use 32 (trainer.precision=32, or "
             "precision=32-true for sampling) unless you are testing the bf16 path",
             stacklevel=2,
         )
