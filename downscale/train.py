@@ -33,7 +33,11 @@ CONFIG_KEYS_SAVED = ("data", "model", "net", "seed")
 
 
 def _resume_checkpoint(cfg: DictConfig) -> str | None:
-    """``last.ckpt`` of the run to resume, or its ``on_exception.ckpt`` (saved on SIGTERM) if newer."""
+    """``last.ckpt`` of the run to resume, or its ``on_exception.ckpt`` (saved on SIGTERM or an
+    error) if that is further along: the higher global step, the newer file on a tie. Not the newer
+    file alone: a resume that fails before the fit loop restores the training state (e.g. on a
+    config error in ``on_fit_start``) leaves an ``on_exception.ckpt`` at step 0, which would restart
+    the run's loops, optimizer and stages from the beginning."""
     if cfg.get("resume") is None:
         return None
     folder = Path(cfg.resume) / "checkpoints"
@@ -43,7 +47,17 @@ def _resume_checkpoint(cfg: DictConfig) -> str | None:
         bool(found),
         f"cannot resume: {path} does not exist; pass resume=<train run dir> of a run that saved a checkpoint",
     )
-    return str(max(found, key=lambda p: p.stat().st_mtime_ns))
+    return str(max(found, key=lambda p: (_global_step(p), p.stat().st_mtime_ns)))
+
+
+def _global_step(path: Path) -> int:
+    """A checkpoint's optimizer step count, read without loading its tensors (memory-mapped); -1
+    for a file that cannot be read (cut short by a kill), so that the other one is resumed."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - truncated or corrupt files all rank last
+        return -1
+    return int(checkpoint.get("global_step", 0))
 
 
 def _refuse_used_run_dir(cfg: DictConfig) -> None:

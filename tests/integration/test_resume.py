@@ -99,3 +99,44 @@ def test_resume_continues_the_same_wandb_run(tmp_path, cache_dir, monkeypatch):
     # offline-run-<YYYYMMDD_HHMMSS>-<id>; W&B appends -1 when both runs start in the same second
     pattern = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?")
     assert len(runs) == 2 and all(pattern.fullmatch(name) for name in runs), (run_id, runs)
+
+
+def test_a_failed_resume_does_not_restart_the_run_from_step_zero(tmp_path, cache_dir):
+    """A resume that fails before the fit loop restores the training state (here the residual
+    model refuses max_epochs within its regression stage, in on_fit_start) leaves an
+    on_exception.ckpt at step 0, newer than last.ckpt. The next resume continues from last.ckpt:
+    the further-along checkpoint, not the newer file."""
+    residual = ["model=residual", "model.regression_epochs=1"]
+    _train(tmp_path, [*residual, "trainer.max_epochs=2"])
+    _, last = _weights(tmp_path / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 6
+    with pytest.raises(UserError, match="leaves no residual stage"):
+        run.__wrapped__(
+            compose_config(
+                "train",
+                [
+                    *COMMON,
+                    *residual,
+                    "logger=csv",
+                    f"paths.output_dir={tmp_path / 'unused'}",
+                    "trainer.max_epochs=1",
+                    f"resume={tmp_path}",
+                ],
+            )
+        )
+    _, failed = _weights(tmp_path / "checkpoints" / "on_exception.ckpt")
+    assert failed["global_step"] == 0  # the state the next resume must not start from
+    result = _train(tmp_path / "unused", [*residual, "trainer.max_epochs=3", f"resume={tmp_path}"])
+    straight = _train(tmp_path / "straight", [*residual, "trainer.max_epochs=3"])
+    resumed, _ = _weights(result["last_ckpt"])
+    expected, _ = _weights(straight["last_ckpt"])
+    for key in expected:  # one more epoch after step 6, as if never interrupted
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_an_unreadable_on_exception_checkpoint_is_passed_over(tmp_path, cache_dir):
+    _train(tmp_path, ["trainer.max_epochs=1"])
+    (tmp_path / "checkpoints" / "on_exception.ckpt").write_bytes(b"cut short by a kill")
+    result = _train(tmp_path / "unused", ["trainer.max_epochs=2", f"resume={tmp_path}"])
+    _, resumed = _weights(result["last_ckpt"])
+    assert resumed["global_step"] == 6
