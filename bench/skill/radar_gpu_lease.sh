@@ -1,15 +1,19 @@
 #!/bin/bash
-# The radar_gpu suite's missing model rows on one GPU lease, in one device call (at most 10 minutes):
-# the whole-domain EDM and GAN (experiment=radar_mrms_edm, radar_mrms_gan) trained side by side on the
-# card for 3 minutes each (the tiny net's steps are host-bound, so two can share it), then their
-# 8-member draws over the whole domain, side by side too, scored on the GPU machine by the bench's own
-# stages. About 540 s by the earlier leases' timings: install 35 s, the trainings with their start and
-# save 230 s, the EDM's draw 230 s and its scoring 40 s; the GAN's draw and scoring fit beside the
-# EDM's draw. From the repository root, with the wheels in .whl/ and the bench's radar_gpu folder (its
-# store and the earlier rows' records) in .gpu/skill/, both carried:
-#   bash bench/skill/radar_gpu_lease.sh
-# What comes back under $OUT: logs, scores.json, the rows' records and the two trainings' summaries
-# and checkpoints, to copy into outputs/skill/radar_gpu before `--stage report`.
+# The radar_gpu suite's rows still to run, each mode one GPU device call (a call runs at most 10
+# minutes; every step has a deadline inside it). From the repository root, with the wheels in .whl/
+# and the bench's radar_gpu folder (its store and the earlier rows' records) in .gpu/skill/, both
+# carried (docs/gpu.md, "The next lease"):
+#   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (about 540 s)
+#   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
+# rows: experiment=radar_mrms_edm and radar_mrms_gan trained side by side on the card for 3 minutes
+# each (the tiny net's steps are host-bound, so two can share it), then their 8-member draws, side by
+# side too, scored on the GPU machine by the bench's own stages. By the earlier leases' timings:
+# install 35 s, the trainings with their start and save 230 s, the EDM's draw 230 s, its scoring
+# 40 s; the GAN's draw and scoring fit beside the EDM's draw.
+# long: the first lease's training (3.5 min) resumed to 7 min in all, which leaves room in one call
+# for its 8-member draw (230 s) and scoring.
+# What comes back under $OUT: logs, scores.json (every row), the rows' records, the trainings'
+# summaries and checkpoints, to copy into outputs/skill/radar_gpu before `--stage report`.
 # LEASE_OUT=<folder> runs it elsewhere and LEASE_CPU=1 on a CPU (a few steps in fp32, for checking
 # the script on a store of the crop, which then stands in for the whole domain).
 set -u
@@ -29,31 +33,60 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=disabled DOWNSCALE_DATA_ROOT=${DOWNSCALE_DA
 PY=${PYTHON:-python3}
 R="$PY -m bench.skill.run --suite radar_gpu --out $S"
 TRAIN=()
-if [ -n "${LEASE_CPU:-}" ]; then
-    TRAIN=(trainer=cpu trainer.precision=32 trainer.max_epochs=1 trainer.limit_train_batches=2
-        trainer.check_val_every_n_epoch=1 data.num_workers=0 "data.regions.storm=[0,0,256,256]")
+if [ -n "${LEASE_CPU:-}" ]; then # 2 steps: one epoch (rows), or the resumed run's next (long)
+    TRAIN=(trainer=cpu trainer.precision=32 trainer.limit_train_batches=2 data.num_workers=0)
+    if [ "${1:-rows}" = long ]; then
+        TRAIN+=(trainer.max_epochs=56 trainer.limit_val_batches=0)
+    else
+        TRAIN+=(trainer.max_epochs=1 trainer.check_val_every_n_epoch=1 "data.regions.storm=[0,0,256,256]")
+    fi
 fi
-overrides() { for o in "${TRAIN[@]}"; do printf -- "--train-override %s " "$o"; done; }
+overrides() { for o in ${TRAIN[@]+"${TRAIN[@]}"}; do printf -- "--train-override %s " "$o"; done; }
 
-el train edm and gan, side by side
-for m in edm gan; do
-    timeout "$(left 330)" $R --stage train --only $m $(overrides) >"$S/logs/lease_train_$m.log" 2>&1 &
-done
-wait
-for m in edm gan; do grep -h "train_seconds\|steps\|sigma_data" "$S/radar_gpu/train/$m/summary.json"; done
-el draw gan and edm, side by side
-(timeout "$(left 420)" $R --stage sample --only gan >"$S/logs/lease_sample_gan.log" 2>&1
-    timeout "$(left 560)" $R --stage evaluate --only gan >"$S/logs/lease_evaluate_gan.log" 2>&1) &
-timeout "$(left 530)" $R --stage sample --only edm >"$S/logs/lease_sample_edm.log" 2>&1
-wait # both rows write scores.json: one after the other
-el evaluate edm
-timeout "$(left 595)" $R --stage evaluate --only edm >"$S/logs/lease_evaluate_edm.log" 2>&1
+MODE=${1:-rows}
+step() { # step <stage> <model> <deadline s>: one bench stage of one model, logged
+    timeout "$(left "$3")" $R --stage "$1" --only "$2" $([ "$1" = train ] && overrides) \
+        >"$S/logs/lease_$1_$2.log" 2>&1
+}
+case $MODE in
+rows) # the EDM and the GAN, side by side; the GAN's rows are scored during the EDM's draw
+    MODELS=(edm gan)
+    el train edm and gan
+    step train edm 330 & step train gan 330 & wait
+    el draw gan and edm
+    (step sample gan 420 && step evaluate gan 560) &
+    step sample edm 530
+    wait # both models' rows write scores.json: one after the other
+    el evaluate edm
+    step evaluate edm 595
+    ;;
+long) # the first lease's residual EDM (3.5 min of training) continued to 7 min in all: the
+    # bench resumes a run folder that holds checkpoints and no summary (Timer's elapsed time is in
+    # its last.ckpt), so train/residual_long/checkpoints/last.ckpt must be that run's last.ckpt
+    MODELS=(residual_long)
+    [ -f "$S/radar_gpu/train/residual_long/checkpoints/last.ckpt" ] || {
+        echo "error: put the first lease's last.ckpt in $S/radar_gpu/train/residual_long/checkpoints/"
+        exit 2
+    }
+    el train residual_long
+    step train residual_long 330
+    el draw residual_long
+    step sample residual_long 540
+    el evaluate residual_long
+    step evaluate residual_long 595
+    ;;
+*)
+    echo "error: unknown mode $MODE; use rows (the EDM and GAN) or long (the residual EDM continued)"
+    exit 2
+    ;;
+esac
+for m in "${MODELS[@]}"; do grep -h "train_seconds\|steps\|sigma_data" "$S/radar_gpu/train/$m/summary.json"; done
 el collect
 G=$S/radar_gpu
 cp "$G/scores.json" "$OUT/" 2>/dev/null
-(cd "$G" && find train/edm train/gan samples eval -name "*.json" -not -path "*.zarr*" 2>/dev/null |
+(cd "$G" && find "${MODELS[@]/#/train/}" samples eval -name "*.json" -not -path "*.zarr*" 2>/dev/null |
     tar cf - -T - 2>/dev/null) | (cd "$OUT" && tar xf -)
-for m in edm gan; do
+for m in "${MODELS[@]}"; do
     mkdir -p "$OUT/train/$m" && cp "$G/train/$m/checkpoints/best.ckpt" "$OUT/train/$m/" 2>/dev/null
 done
 cp "$S"/logs/lease_*.log "$OUT/"

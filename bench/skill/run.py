@@ -67,8 +67,9 @@ class Sampling:
     derived_from: str | None = None
     # rows whose stores this row pools (downscale.pool): the first n_members / len of each
     pooled_from: tuple[str, ...] = ()
-    # "best": the lowest validation loss; "selected": the checkpoint of the model's run whose
-    # validation draw scores the lowest CRPS (downscale.select with Suite.checkpoint_choice)
+    # "best": the lowest validation loss; "last": the end of training; "selected": the checkpoint
+    # of the model's run whose validation draw scores the lowest CRPS (downscale.select with
+    # Suite.checkpoint_choice)
     checkpoint: str = "best"
 
 
@@ -186,6 +187,9 @@ _RADAR_FULL_RESIDUAL_LONG = dataclasses.replace(
     _RADAR_FULL_RESIDUAL_8,
     name="residual EDM (CorrDiff), 7 min of training, dpmpp_2m 10 (10 NFE), 8 members, conserved",
     model="residual_long",
+    # the resumed run's end: its ModelCheckpoint remembers the first lease's best validation loss,
+    # so a best.ckpt of its own exists only if a later validation beats that
+    checkpoint="last",
 )
 _RADAR_FULL_HEUN = Sampling(
     "residual EDM (CorrDiff), dpm2_heun 20 (39 NFE), 2 members, conserved",
@@ -483,8 +487,9 @@ _RADAR_LEASE = "+trainer.max_time=00:00:03:30 ~callbacks.sample_panels"
 # the whole-domain EDM's and GAN's: trained side by side on one card, and shorter, so that training,
 # the two 8-member draws and their scoring fit one device call (bench/skill/radar_gpu_lease.sh)
 _RADAR_LEASE_SHARED = "+trainer.max_time=00:00:03:00 ~callbacks.sample_panels"
-# the residual EDM trained twice as long: what a lease of its own leaves beside an 8-member draw
-# (on the crop, 2.6x the steps helped every score: notes item 32; docs/gpu.md, "The next lease")
+# the residual EDM trained twice as long: the first lease's run resumed to 7 min in all, which leaves
+# room in one device call for the 8-member draw (bench/skill/radar_gpu_lease.sh long; on the crop,
+# 2x the steps calibrated the conserved ensemble: notes items 32 and 35)
 _RADAR_LEASE_LONG = "+trainer.max_time=00:00:07:00 ~callbacks.sample_panels"
 
 _FAST = (
@@ -978,11 +983,12 @@ def _sample_overrides(
 
 
 def _checkpoint(suite: Suite, sampling: Sampling) -> Path:
-    """The checkpoint a row samples: the lowest validation loss (winter 1996/97 for iberia), or
-    the one downscale.select chose by the CRPS of a validation draw."""
+    """The checkpoint a row samples: the lowest validation loss (winter 1996/97 for iberia), the
+    last one, or the one downscale.select chose by the CRPS of a validation draw."""
     if sampling.checkpoint == "selected":
         return _selection_dir(suite, sampling.model) / "selected.ckpt"
-    return _train_dir(suite, sampling.model) / "checkpoints" / "best.ckpt"
+    name = {"best": "best.ckpt", "last": "last.ckpt"}[sampling.checkpoint]
+    return _train_dir(suite, sampling.model) / "checkpoints" / name
 
 
 def _selection_dir(suite: Suite, model: str) -> Path:

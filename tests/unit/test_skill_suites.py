@@ -26,3 +26,14 @@ def test_a_suite_model_composes_with_its_overrides_applied(suite, model, tmp_pat
             assert OmegaConf.select(cfg, key) is None, override.input_line
         elif "." in key and override.package is None:  # a value, not a config group's option
             assert OmegaConf.select(cfg, key) == override.value(), override.input_line
+
+
+def test_a_row_samples_the_checkpoint_it_names():
+    suite = skill.SUITES["radar_gpu"]
+    rows = {row.model: row for row in suite.samplings if not row.derived_from}
+    train = skill.OUT / "radar_gpu" / "train"
+    assert skill._checkpoint(suite, rows["residual"]) == train / "residual/checkpoints/best.ckpt"
+    # the resumed run's own end, not the best validation it inherited from the first lease
+    assert skill._checkpoint(suite, rows["residual_long"]) == (
+        train / "residual_long/checkpoints/last.ckpt"
+    )
