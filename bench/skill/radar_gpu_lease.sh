@@ -10,8 +10,9 @@
 # side too, scored on the GPU machine by the bench's own stages. By the earlier leases' timings:
 # install 35 s, the trainings with their start and save 230 s, the EDM's draw 230 s, its scoring
 # 40 s; the GAN's draw and scoring fit beside the EDM's draw.
-# long: the first lease's training (3.5 min) resumed to 7 min in all, which leaves room in one call
-# for its 8-member draw (230 s) and scoring.
+# long: the first lease's training (3.5 min) resumed to 7 min in all (220 s more), which leaves room
+# in one call for its 8-member draw (230 s) and scoring, if not by much: a draw cut short by its
+# deadline is resumable, so a second call of the same command (the machine still warm) finishes it.
 # What comes back under $OUT: logs, scores.json (every row), the rows' records, the trainings'
 # summaries and checkpoints, to copy into outputs/skill/radar_gpu before `--stage report`.
 # LEASE_OUT=<folder> runs it elsewhere and LEASE_CPU=1 on a CPU (a few steps in fp32, for checking
@@ -32,18 +33,17 @@ fi
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled DOWNSCALE_DATA_ROOT=${DOWNSCALE_DATA_ROOT:-/work/shared/data}
 PY=${PYTHON:-python3}
 R="$PY -m bench.skill.run --suite radar_gpu --out $S"
+MODE=${1:-rows}
 TRAIN=()
 if [ -n "${LEASE_CPU:-}" ]; then # 2 steps: one epoch (rows), or the resumed run's next (long)
     TRAIN=(trainer=cpu trainer.precision=32 trainer.limit_train_batches=2 data.num_workers=0)
-    if [ "${1:-rows}" = long ]; then
+    if [ "$MODE" = long ]; then
         TRAIN+=(trainer.max_epochs=56 trainer.limit_val_batches=0)
     else
         TRAIN+=(trainer.max_epochs=1 trainer.check_val_every_n_epoch=1 "data.regions.storm=[0,0,256,256]")
     fi
 fi
 overrides() { for o in ${TRAIN[@]+"${TRAIN[@]}"}; do printf -- "--train-override %s " "$o"; done; }
-
-MODE=${1:-rows}
 step() { # step <stage> <model> <deadline s>: one bench stage of one model, logged
     timeout "$(left "$3")" $R --stage "$1" --only "$2" $([ "$1" = train ] && overrides) \
         >"$S/logs/lease_$1_$2.log" 2>&1
@@ -55,7 +55,7 @@ rows) # the EDM and the GAN, side by side; the GAN's rows are scored during the 
     step train edm 330 & step train gan 330 & wait
     el draw gan and edm
     (step sample gan 420 && step evaluate gan 560) &
-    step sample edm 530
+    step sample edm 540
     wait # both models' rows write scores.json: one after the other
     el evaluate edm
     step evaluate edm 595
@@ -71,7 +71,7 @@ long) # the first lease's residual EDM (3.5 min of training) continued to 7 min 
     el train residual_long
     step train residual_long 330
     el draw residual_long
-    step sample residual_long 540
+    step sample residual_long 555
     el evaluate residual_long
     step evaluate residual_long 595
     ;;
@@ -87,7 +87,7 @@ cp "$G/scores.json" "$OUT/" 2>/dev/null
 (cd "$G" && find "${MODELS[@]/#/train/}" samples eval -name "*.json" -not -path "*.zarr*" 2>/dev/null |
     tar cf - -T - 2>/dev/null) | (cd "$OUT" && tar xf -)
 for m in "${MODELS[@]}"; do
-    mkdir -p "$OUT/train/$m" && cp "$G/train/$m/checkpoints/best.ckpt" "$OUT/train/$m/" 2>/dev/null
+    mkdir -p "$OUT/train/$m" && cp "$G/train/$m/checkpoints/"{best,last}.ckpt "$OUT/train/$m/" 2>/dev/null
 done
 cp "$S"/logs/lease_*.log "$OUT/"
 grep -h "evaluated\|error" "$S"/logs/lease_evaluate_*.log
