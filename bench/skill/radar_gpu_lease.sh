@@ -2,7 +2,7 @@
 # The radar_gpu suite's rows still to run, each mode one GPU device call (a call runs at most 10
 # minutes; every step has a deadline inside it). From the repository root, with the wheels in .whl/
 # and the bench's radar_gpu folder (its store and the earlier rows' records) in .gpu/skill/, both
-# carried (docs/gpu.md, "The next lease"):
+# carried (docs/gpu.md, "The next leases"):
 #   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (about 540 s)
 #   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
 # rows: experiment=radar_mrms_edm and radar_mrms_gan trained side by side on the card for 3 minutes

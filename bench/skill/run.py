@@ -836,7 +836,7 @@ SUITES: dict[str, Suite] = {
         "regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
         "baselines, from the same store. See the notes, items 25, 27 and 31. The whole-domain EDM "
         "and GAN (`radar_mrms_edm`, `radar_mrms_gan`) and the residual EDM trained for 7 minutes "
-        'are set up for the next leases (docs/gpu.md, "The next lease"): their commands are '
+        'are set up for the next leases (docs/gpu.md, "The next leases"): their commands are '
         "listed below, and their rows appear once they have run.",
     ),
 }
