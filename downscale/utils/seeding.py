@@ -41,10 +41,8 @@ def check_accelerator(accelerator: str, precision: str | int) -> None:
         str(precision) != "16-mixed" or torch.cuda.is_available(),
         "trainer.precision=16-mixed needs a GPU; use 32 or bf16-mixed on CPU",
     )
-    on_cpu = str(accelerator) == "cpu" or (
-        str(accelerator) == "auto" and not torch.cuda.is_available()
-    )
-    warn_emulated_bf16("cpu" if on_cpu else "cuda", precision)
+    if str(accelerator) == "cpu" or (str(accelerator) == "auto" and not torch.cuda.is_available()):
+        warn_emulated_bf16("cpu", precision)
 
 
 def native_cpu_bf16() -> bool:
