@@ -120,10 +120,14 @@ def test_the_iberia_core_graph(tmp_path, monkeypatch):
     assert graph[select].after == (train,) and graph[draw].after == (train, select)
     assert _only(graph[draw]) == skill._slug(core.name) and "sample" in graph[draw].argv
     assert _only(graph[train]) == "residual_sqrt_62" and "train" in graph[train].argv
-    # one training per model of the core rows; the regression row needs no checkpoint choice
+    # one training per model of the core rows: the regression row is the core's regression stage,
+    # drawn from the checkpoint the core rows sample; the GAN's row needs no checkpoint choice
     trains = {n.split(".")[2] for n in graph if ".train." in n}
-    assert trains == {"regression", "gan", "residual_sqrt_62", "residual_sqrt_62_seed1"}
-    assert graph["iberia.sample.regression_unet"].after == ("iberia.train.regression",)
+    assert trains == {"gan", "residual_sqrt_62", "residual_sqrt_62_seed1"}
+    mean = skill._IBERIA_CORE.mean
+    assert "residual_mean=true" in mean.overrides and mean.checkpoint == "selected"
+    assert graph[f"iberia.sample.{skill._slug(mean.name)}"].after == (train, select)
+    assert graph["iberia.sample.gan"].after == ("iberia.train.gan",)
     # pooled rows are left to the scoring task, which comes after every other task
     assert not any("pooled" in n for n in graph)
     score = graph["iberia.score"]
@@ -146,6 +150,8 @@ def test_derived_rows_are_drawn_by_the_scoring_task(tmp_path, monkeypatch):
     graph = _graph("radar", tmp_path, monkeypatch)
     assert not any(n.endswith("_conserved") for n in graph)
     assert "radar.sample.gan_64_px_tiles_8_members" in graph
+    # the regression row is the residual EDM's regression stage: no training of its own
+    assert {n.split(".")[2] for n in graph if ".train." in n} == {"edm_auto", "residual", "gan"}
 
 
 def test_recorded_costs_order_the_core_trainings_first(tmp_path, monkeypatch):
