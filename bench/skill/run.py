@@ -150,8 +150,8 @@ _DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
 
 # the issue's regression UNet: the residual EDM's own regression stage (radar_regression's
 # setting: 10 epochs, its best validation epoch kept) drawn alone, so the bench trains one
-# regression, not two (6 min of a slow machine's 2 cores), and the row shows what the diffusion
-# stage adds to that same mean (Mardani et al. 2024's comparison)
+# regression, not two (about 6 of a slow machine's job-minutes; notes item 36), and the row shows
+# what the diffusion stage adds to that same mean (Mardani et al. 2024's comparison)
 _RADAR_REGRESSION = Sampling(
     "regression UNet (the residual EDM's regression stage, 64 px tiles)",
     "residual",
