@@ -148,16 +148,6 @@ _SCALED = "schedule_sigma_data=0.5"
 _TILES_64 = ("tiling=default", "tiling.tile=64", "tiling.overlap=16")
 _DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
 
-# the issue's regression UNet: the residual EDM's own regression stage (radar_regression's
-# setting: 10 epochs, its best validation epoch kept) drawn alone, so the bench trains one
-# regression, not two (about 6 of a slow machine's job-minutes; notes item 36), and the row shows
-# what the diffusion stage adds to that same mean (Mardani et al. 2024's comparison)
-_RADAR_REGRESSION = Sampling(
-    "regression UNet (the residual EDM's regression stage, 64 px tiles)",
-    "residual",
-    ("residual_mean=true", *_TILES_64),
-    1,
-)
 # the same UNet trained on its own (experiment=radar_regression), the table's row until the
 # stage above replaced it
 _RADAR_REGRESSION_ALONE = Sampling(
@@ -175,6 +165,23 @@ _RADAR_RESIDUAL = Sampling(
     "residual",
     (*_DPMPP_10, *_TILES_64),
     4,
+)
+
+
+def _regression_stage(source: Sampling, name: str, overrides: tuple[str, ...] = ()) -> Sampling:
+    """The issue's regression UNet row: the regression stage of ``source``'s residual EDM, drawn
+    alone from the checkpoint ``source`` samples (``residual_mean=true``). So a suite trains one
+    regression, not two (notes item 36), and the row shows what the diffusion stage adds to that
+    same mean (Mardani et al. 2024's comparison)."""
+    return Sampling(
+        name, source.model, ("residual_mean=true", *overrides), 1, checkpoint=source.checkpoint
+    )
+
+
+# the radar residual EDM's stage (radar_regression's setting: 10 epochs, its best validation epoch
+# kept), in the residual EDM's tiles
+_RADAR_REGRESSION = _regression_stage(
+    _RADAR_RESIDUAL, "regression UNet (the residual EDM's regression stage, 64 px tiles)", _TILES_64
 )
 # one-shot like the regression, tiled like it; 8 members like RainFARM and the analogs
 _RADAR_GAN = Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8)
@@ -354,15 +361,13 @@ _IBERIA_RESIDUAL_39 = _reference_sampler(
 class _PoolOfTwo(NamedTuple):
     first: Sampling  # 16 members of the seed-42 training
     rows: tuple[Sampling, ...]  # the pools, each training's draw, the dpm2_heun 20 row
-    mean: Sampling  # the seed-42 training's regression stage drawn alone
 
 
 def _pool_of_two(label: str, model: str, ablation: bool) -> _PoolOfTwo:
     """Two trainings of the square-root setting (``model`` with seed 42, ``model``_seed1), 16
     members of each pooled (one training is under-dispersed; the second is drawn with sampling
     seed 1 so that the halves do not share noise): the pools of 8 + 8 and 16 + 16 members, each
-    training's 16, the first's 4 members with the issue's dpm2_heun 20, and the first's regression
-    stage alone (the mean of its two cross-fitted folds, from the same checkpoint)."""
+    training's 16, and the first's 4 members with the issue's dpm2_heun 20."""
     base = f"residual EDM, sqrt target, cross-fit 2, {label}"
     first = Sampling(
         f"{base}, dpmpp_2m 10 (10 NFE), val-CRPS checkpoint, dry threshold, 16 members",
@@ -395,19 +400,17 @@ def _pool_of_two(label: str, model: str, ablation: bool) -> _PoolOfTwo:
         first,
         f"{base}, dpm2_heun 20 steps (39 NFE), val-CRPS checkpoint, dry threshold, 4 members",
     )
-    mean = Sampling(
-        f"regression UNet (the regression stage of the {base})",
-        model,
-        ("residual_mean=true",),
-        1,
-        ablation=ablation,
-        checkpoint="selected",
-    )
-    return _PoolOfTwo(first, (*pools, first, second, reference), mean)
+    return _PoolOfTwo(first, (*pools, first, second, reference))
 
 
 # the table's core (notes item 33): the first 62 epochs of two 100-epoch trainings, pooled
 _IBERIA_CORE = _pool_of_two("62 of 100 epochs", "residual_sqrt_62", ablation=False)
+# its seed-42 training's regression stage: the mean of its two cross-fitted folds
+_IBERIA_CORE_MEAN = _regression_stage(
+    _IBERIA_CORE.first,
+    "regression UNet (the regression stage of the residual EDM, sqrt target, cross-fit 2, 62 of "
+    "100 epochs)",
+)
 # the core before (notes item 24): two trainings of 60 epochs (a cosine schedule ending at 60)
 _IBERIA_60_POOL = _pool_of_two("60 epochs", "residual_sqrt_60", ablation=True)
 
@@ -553,7 +556,7 @@ SUITES: dict[str, Suite] = {
             },
         },
         samplings=(
-            _IBERIA_CORE.mean,
+            _IBERIA_CORE_MEAN,
             # the regression UNet trained on its own (experiment=iberia_regression: the log
             # target, all training days), the table's row until the core's stage replaced it
             Sampling("regression UNet", "regression", (), 1, ablation=True),

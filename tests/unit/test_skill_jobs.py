@@ -124,7 +124,7 @@ def test_the_iberia_core_graph(tmp_path, monkeypatch):
     # drawn from the checkpoint the core rows sample; the GAN's row needs no checkpoint choice
     trains = {n.split(".")[2] for n in graph if ".train." in n}
     assert trains == {"gan", "residual_sqrt_62", "residual_sqrt_62_seed1"}
-    mean = skill._IBERIA_CORE.mean
+    mean = skill._IBERIA_CORE_MEAN
     assert "residual_mean=true" in mean.overrides and mean.checkpoint == "selected"
     assert graph[f"iberia.sample.{skill._slug(mean.name)}"].after == (train, select)
     assert graph["iberia.sample.gan"].after == ("iberia.train.gan",)
