@@ -54,6 +54,30 @@ def test_run_tasks_splits_threads_logs_and_skips_what_follows_a_failure(tmp_path
     assert any("after_bad: skipped" in line for line in lines)
 
 
+def test_python_module_tasks_are_forked_from_a_preloaded_server(tmp_path):
+    """``python -m`` steps run in processes forked from a server that imported torch once: same
+    output, thread count, working directory, exit handlers and exit codes as a new interpreter."""
+    probe = (sys.executable, "-m", "tests.unit._task_probe")
+    tasks = [
+        Task("ok", (*probe, "ok", "0")),
+        Task("bad", (*probe, "bad", "3")),
+        Task("after_bad", (*probe, "after", "0"), ("bad",)),
+    ]
+    lines = []
+    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append, preload=("torch",))
+    assert failed == ["bad", "after_bad"]
+    assert any("bad: failed (exit 3)" in line for line in lines)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for name in ("ok", "bad"):
+        log = (tmp_path / "logs" / f"bench_{name}.log").read_text().splitlines()
+        assert log == [
+            f"preloaded True {name}",
+            f"threads {threads} {threads} cwd {tmp_path}",
+            "to stderr",
+            "exit handler ran",
+        ]
+
+
 def test_run_tasks_starts_the_longest_chain_first(tmp_path):
     """One slot: of the ready tasks the one with the most work after it goes first."""
     tasks = [_task("short", cost=5), _task("head", cost=1), _task("tail", ["head"], 10)]
@@ -130,10 +154,22 @@ def test_the_iberia_core_graph(tmp_path, monkeypatch):
     assert graph["iberia.sample.gan"].after == ("iberia.train.gan",)
     # pooled rows are left to the scoring task, which comes after every other task
     assert not any("pooled" in n for n in graph)
-    score = graph["iberia.score"]
-    assert set(score.after) == set(graph) - {"iberia.score"}
-    assert [a for a in score.argv if a in skill.STAGES] == ["sample", "evaluate", "gcm"]
+    score, gcm = graph["iberia.score"], graph["iberia.gcm.application"]
+    assert set(score.after) == set(graph) - {"iberia.score", "iberia.gcm.application"}
+    assert [a for a in score.argv if a in skill.STAGES] == ["sample", "evaluate"]
     assert _only(score) is None
+    # the GCM application waits only for the reanalysis draw whose drizzle threshold it takes
+    assert skill.SUITES["iberia"].gcm_sampling == core.name
+    assert gcm.after == (draw,) and [a for a in gcm.argv if a in skill.STAGES] == ["gcm"]
+
+
+def test_a_gcm_stage_without_draws_waits_for_its_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(skill, "OUT", tmp_path)
+    tasks = skill.suite_tasks(skill.SUITES["iberia"], ["train", "select", "gcm"], [])
+    gcm = next(t for t in tasks if t.name == "iberia.gcm.application")
+    assert gcm.after == ("iberia.train.residual_sqrt_62", "iberia.select.residual_sqrt_62")
+    # a suite without a GCM store has no such task
+    assert not any(".gcm." in t.name for t in skill.suite_tasks(skill.SUITES["radar"], ["gcm"], []))
 
 
 def test_a_select_stage_alone_runs_the_checkpoint_choices(tmp_path, monkeypatch):
@@ -169,7 +205,8 @@ def recorded(monkeypatch):
     ``recorded["failed"]`` is what the tasks report as failed."""
     calls = {"tasks": [], "report": [], "build": [], "failed": []}
 
-    def fake_tasks(tasks, jobs, log_dir, cwd, log):
+    def fake_tasks(tasks, jobs, log_dir, cwd, log, preload=()):
+        assert "downscale.train" in preload  # the steps are forked from a preloaded server
         calls["tasks"].append((list(tasks), jobs, log_dir))
         return calls["failed"]
 
