@@ -114,7 +114,9 @@ class _Forked:
         return self.process.exitcode
 
 
-def _start(task: Task, path: Path, cwd: Path, env: dict, threads: int, forks) -> object:
+def _start(
+    task: Task, path: Path, cwd: Path, env: dict, threads: int, forks
+) -> subprocess.Popen | _Forked:
     """The process of ``task``: forked from the preloaded server for ``python -m`` commands (when
     there is one), else a new one."""
     call = _python_module(task.argv) if forks is not None else None
@@ -167,7 +169,7 @@ def run_tasks(
     waiting = sorted(tasks, key=lambda t: -lengths[t.name])  # stable: definition order on ties
     done: set[str] = set()
     failed: list[str] = []
-    running: dict[str, tuple[object, Path, float]] = {}
+    running: dict[str, tuple[subprocess.Popen | _Forked, Path, float]] = {}
     try:
         while waiting or running:
             for task in [t for t in waiting if any(d in failed for d in t.after)]:

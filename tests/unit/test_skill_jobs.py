@@ -4,6 +4,7 @@ the report after everything."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 
@@ -54,6 +55,9 @@ def test_run_tasks_splits_threads_logs_and_skips_what_follows_a_failure(tmp_path
     assert any("after_bad: skipped" in line for line in lines)
 
 
+@pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here"
+)
 def test_python_module_tasks_are_forked_from_a_preloaded_server(tmp_path):
     """``python -m`` steps run in processes forked from a server that imported torch once: same
     output, thread count, working directory, exit handlers and exit codes as a new interpreter."""
