@@ -40,7 +40,7 @@ import xarray as xr
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from bench.skill.tasks import Task, run_tasks
+from bench.skill.tasks import Task, fork_server, run_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -1485,6 +1485,8 @@ def stage_report(suites: Sequence[Suite]) -> None:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU, "
         f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}",
         "suites": {},
+        # the scheduler's estimates for the next run (kept when these outputs have none)
+        "step_seconds": _read_json(OUT / "logs" / STEP_SECONDS) or _recorded_step_seconds(),
     }
     for suite in SUITES.values():
         scores = _read_json(OUT / suite.name / "scores.json")
@@ -1544,6 +1546,13 @@ def _suite_argv(suite: str, args: argparse.Namespace) -> list[str]:
 
 # estimates for steps the last recorded run does not time (seconds; they only order the steps)
 _DEFAULT_COST = {"train": 600.0, "select": 120.0, "sample": 60.0, "score": 120.0, "gcm": 90.0}
+# each step's wall time in the last --jobs run into OUT, and as recorded in RESULTS_JSON
+STEP_SECONDS = "step_seconds.json"
+
+
+def _recorded_step_seconds() -> dict[str, float]:
+    """Each step's wall time in the last run the report recorded (bench/results/skill.json)."""
+    return _read_json(RESULTS_JSON).get("step_seconds", {})
 
 
 def _recorded_costs(suite: Suite, rows: Sequence[Sampling]) -> dict[str, float]:
@@ -1577,11 +1586,12 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
     stages (those rows and the scoring)."""
     rows = [s for s in suite.samplings if ABLATIONS or not s.ablation]
     costs = _recorded_costs(suite, rows)
+    steps = _recorded_step_seconds()  # the better estimate: the whole step, process and all
     tasks: list[Task] = []
 
     def add(kind: str, key: str, stage: str, only: str | None, after=(), cost_key=None) -> str:
         name = f"{suite.name}.{kind}.{key}"
-        cost = costs.get(cost_key or f"{kind}:{key}", _DEFAULT_COST[kind])
+        cost = steps.get(name) or costs.get(cost_key or f"{kind}:{key}", _DEFAULT_COST[kind])
         argv = _run_argv(suite.name, [stage], only, flags)
         tasks.append(Task(name, argv, tuple(after), cost))
         return name
@@ -1606,11 +1616,8 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
     rest = [s for s in ("sample", "evaluate") if s in stages]
     if rest:
         name = f"{suite.name}.score"
-        tasks.append(
-            Task(
-                name, _run_argv(suite.name, rest, None, flags), tuple(drawn), _DEFAULT_COST["score"]
-            )
-        )
+        cost = steps.get(name) or _DEFAULT_COST["score"]
+        tasks.append(Task(name, _run_argv(suite.name, rest, None, flags), tuple(drawn), cost))
     if "gcm" in stages and suite.gcm_store:
         # its own task, not the scoring's tail: it starts when its reanalysis row is drawn (the
         # draw whose drizzle threshold it takes), on whichever core is free
@@ -1633,6 +1640,7 @@ _PRELOAD = ("lightning", "xarray", "downscale.train", "downscale.sample", "downs
 def run_parallel(suites: Sequence[Suite], stages: Sequence[str], args: argparse.Namespace) -> None:
     """Every chosen stage but the report, ``args.jobs`` processes at a time: the stores built here
     first (seconds), then the suites' tasks (or, with ``--only``, one process per suite)."""
+    fork_server(_PRELOAD, args.jobs)  # its imports run while the stores are built
     if "build" in stages:
         for suite in suites:
             stage_build(suite)
@@ -1641,7 +1649,13 @@ def run_parallel(suites: Sequence[Suite], stages: Sequence[str], args: argparse.
         tasks = [Task(s.name, tuple(_suite_argv(s.name, args))) for s in suites]
     else:
         tasks = [t for suite in suites for t in suite_tasks(suite, stages, flags)]
-    failed = run_tasks(tasks, args.jobs, OUT / "logs", REPO, _log, preload=_PRELOAD)
+    seconds: dict[str, float] = {}
+    try:
+        failed = run_tasks(tasks, args.jobs, OUT / "logs", REPO, _log, _PRELOAD, seconds)
+    finally:  # the next run's estimates, also from an interrupted or failed run's finished steps
+        if seconds:
+            path = OUT / "logs" / STEP_SECONDS
+            _write_json(path, {**_read_json(path), **{k: round(v, 1) for k, v in seconds.items()}})
     if failed:
         sys.exit(f"error: {', '.join(failed)} failed; see {OUT / 'logs'}")
 

@@ -128,11 +128,18 @@ def _start(
         )
 
 
-def _fork_server(preload: Sequence[str], threads: int):
+def threads_per_job(jobs: int) -> int:
+    """The torch threads of each of ``jobs`` processes side by side."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def fork_server(preload: Sequence[str], jobs: int):
     """multiprocessing's forkserver context with ``preload`` imported once, or None where there is
-    no forkserver (Windows) or nothing to preload."""
+    no forkserver (Windows) or nothing to preload. Started here (its imports run in the background
+    until the first task is forked); a server already started is reused."""
     if not preload or "forkserver" not in multiprocessing.get_all_start_methods():
         return None
+    threads = threads_per_job(jobs)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(preload))
     # started now, so that its imports see this run's thread count (each task sets it again: a
@@ -156,15 +163,17 @@ def run_tasks(
     cwd: Path,
     log: Callable[[str], None] = print,
     preload: Sequence[str] = (),
+    seconds: dict[str, float] | None = None,
 ) -> list[str]:
     """Run ``tasks`` (at most ``jobs`` at once, longest path first); the names of those that failed
     and of those skipped because a task they come after failed. ``python -m`` tasks are forked from
-    a server that imported ``preload`` (module names) once. Interrupted, it stops the running
-    processes (a rerun reuses their finished steps)."""
+    a server that imported ``preload`` (module names) once; ``seconds``, when given, receives each
+    finished task's wall time. Interrupted, it stops the running processes (a rerun reuses their
+    finished steps)."""
     lengths = path_lengths(tasks)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    forks = _fork_server(preload, threads)
+    forks = fork_server(preload, jobs)
     log_dir.mkdir(parents=True, exist_ok=True)
     waiting = sorted(tasks, key=lambda t: -lengths[t.name])  # stable: definition order on ties
     done: set[str] = set()
@@ -191,15 +200,15 @@ def run_tasks(
                 if proc.poll() is None:
                     continue
                 del running[name]
-                seconds = time.perf_counter() - start
+                took = time.perf_counter() - start
                 if proc.returncode:
                     failed.append(name)
-                    log(
-                        f"{name}: failed (exit {proc.returncode}) after {seconds:.0f} s; see {path}"
-                    )
+                    log(f"{name}: failed (exit {proc.returncode}) after {took:.0f} s; see {path}")
                 else:
                     done.add(name)
-                    log(f"{name}: done in {seconds:.0f} s")
+                    log(f"{name}: done in {took:.0f} s")
+                    if seconds is not None:
+                        seconds[name] = took
     finally:
         for proc, _, _ in running.values():
             proc.terminate()

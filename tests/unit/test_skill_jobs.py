@@ -4,6 +4,7 @@ the report after everything."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -43,9 +44,10 @@ def test_run_tasks_splits_threads_logs_and_skips_what_follows_a_failure(tmp_path
         _task("after_skipped", ["after_bad"]),
         _task("after_good", ["good"]),
     ]
-    lines = []
-    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append)
+    lines, seconds = [], {}
+    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append, seconds=seconds)
     assert failed == ["bad", "after_bad", "after_skipped"]
+    assert set(seconds) == {"good", "after_good"} and all(t > 0 for t in seconds.values())
     threads = max(1, (os.cpu_count() or 1) // 2)
     for name in ("good", "after_good"):
         log = (tmp_path / "logs" / f"bench_{name}.log").read_text()
@@ -207,17 +209,26 @@ def test_recorded_costs_order_the_core_trainings_first(tmp_path, monkeypatch):
 def recorded(monkeypatch):
     """main's parallel path with the processes, the builds and the report replaced by records;
     ``recorded["failed"]`` is what the tasks report as failed."""
-    calls = {"tasks": [], "report": [], "build": [], "failed": []}
+    calls = {"tasks": [], "report": [], "build": [], "failed": [], "order": []}
 
-    def fake_tasks(tasks, jobs, log_dir, cwd, log, preload=()):
+    def fake_tasks(tasks, jobs, log_dir, cwd, log, preload=(), seconds=None):
         assert "downscale.train" in preload  # the steps are forked from a preloaded server
         calls["tasks"].append((list(tasks), jobs, log_dir))
+        seconds.update({t.name: 12.34 for t in tasks if t.name not in calls["failed"]})
         return calls["failed"]
 
     for name in ("OUT", "ABLATIONS"):  # main sets them: restored after the test
         monkeypatch.setattr(skill, name, getattr(skill, name))
     monkeypatch.setattr(skill, "run_tasks", fake_tasks)
-    monkeypatch.setattr(skill, "stage_build", lambda suite: calls["build"].append(suite.name))
+
+    def build(suite):
+        calls["build"].append(suite.name)
+        calls["order"].append(("build", suite.name))
+
+    monkeypatch.setattr(skill, "stage_build", build)
+    monkeypatch.setattr(
+        skill, "fork_server", lambda preload, jobs: calls["order"].append(("server", jobs))
+    )
     monkeypatch.setattr(skill, "stage_report", lambda suites: calls["report"].append(suites))
     return calls
 
@@ -226,11 +237,16 @@ def test_main_builds_then_runs_every_cpu_suites_steps_then_the_report(tmp_path, 
     assert skill.main(["--jobs", "2", "--out", str(tmp_path)]) == 0
     cpu = [n for n, s in skill.SUITES.items() if not s.gpu]
     assert recorded["build"] == cpu
+    # the fork server first: it imports while the stores are built
+    assert recorded["order"] == [("server", 2), *(("build", n) for n in cpu)]
     [(tasks, jobs, log_dir)] = recorded["tasks"]
     assert {t.name.split(".")[0] for t in tasks} == set(cpu)
     assert {f"{n}.score" for n in cpu} <= {t.name for t in tasks}
     assert (jobs, log_dir) == (2, tmp_path / "logs")
     assert len(recorded["report"]) == 1
+    # each finished step's time, kept for the next run's estimates
+    times = json.loads((tmp_path / "logs" / skill.STEP_SECONDS).read_text())
+    assert times == {t.name: 12.3 for t in tasks}
 
 
 def test_main_with_only_runs_one_process_per_suite(tmp_path, recorded):
@@ -245,6 +261,19 @@ def test_main_stops_with_the_failed_steps_and_no_report(tmp_path, recorded):
     with pytest.raises(SystemExit, match="radar.train.gan, radar.score failed"):
         skill.main(["--jobs", "2", "--out", str(tmp_path)])
     assert recorded["report"] == []
+    times = json.loads((tmp_path / "logs" / skill.STEP_SECONDS).read_text())
+    assert "radar.train.gan" not in times and "radar.train.edm_auto" in times
+
+
+def test_recorded_step_times_are_the_schedulers_estimates(tmp_path, monkeypatch):
+    results = tmp_path / "skill.json"
+    steps = {"iberia.gcm.application": 86.0, "iberia.score": 60.0, "iberia.train.gan": 272.0}
+    results.write_text(json.dumps({"step_seconds": steps}))
+    monkeypatch.setattr(skill, "RESULTS_JSON", results)
+    graph = _graph("iberia", tmp_path, monkeypatch)
+    assert {name: graph[name].cost for name in steps} == steps
+    # a step the record lacks keeps its default
+    assert graph["iberia.select.residual_sqrt_62"].cost == skill._DEFAULT_COST["select"]
 
 
 def test_main_refuses_zero_jobs(tmp_path, recorded):
