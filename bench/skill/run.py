@@ -1586,12 +1586,15 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
     stages (those rows and the scoring)."""
     rows = [s for s in suite.samplings if ABLATIONS or not s.ablation]
     costs = _recorded_costs(suite, rows)
-    steps = _recorded_step_seconds()  # the better estimate: the whole step, process and all
+    # the whole step's time (process, drizzle fit and all), but not below its row's training or
+    # sampling time: a step that reused its finished work in a resumed run took a second
+    steps = _recorded_step_seconds()
     tasks: list[Task] = []
 
     def add(kind: str, key: str, stage: str, only: str | None, after=(), cost_key=None) -> str:
         name = f"{suite.name}.{kind}.{key}"
-        cost = steps.get(name) or costs.get(cost_key or f"{kind}:{key}", _DEFAULT_COST[kind])
+        row_cost = costs.get(cost_key or f"{kind}:{key}", 0.0)
+        cost = max(steps.get(name, 0.0), row_cost) or _DEFAULT_COST[kind]
         argv = _run_argv(suite.name, [stage], only, flags)
         tasks.append(Task(name, argv, tuple(after), cost))
         return name

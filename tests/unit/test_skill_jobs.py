@@ -268,10 +268,15 @@ def test_main_stops_with_the_failed_steps_and_no_report(tmp_path, recorded):
 def test_recorded_step_times_are_the_schedulers_estimates(tmp_path, monkeypatch):
     results = tmp_path / "skill.json"
     steps = {"iberia.gcm.application": 86.0, "iberia.score": 60.0, "iberia.train.gan": 272.0}
-    results.write_text(json.dumps({"step_seconds": steps}))
+    gan = {"kind": "model", "train_seconds": 250.0, "sample_seconds_per_member_day": 5.0}
+    record = {"step_seconds": {**steps, "iberia.sample.gan": 1.0}}  # the GAN's draw was reused
+    record["suites"] = {"iberia": {"scores": {"methods": {"GAN": gan}}}}
+    results.write_text(json.dumps(record))
     monkeypatch.setattr(skill, "RESULTS_JSON", results)
     graph = _graph("iberia", tmp_path, monkeypatch)
     assert {name: graph[name].cost for name in steps} == steps
+    # a reused step's second does not undercut its row's sampling time (8 members, 1 day: no store)
+    assert graph["iberia.sample.gan"].cost == pytest.approx(8 * 5.0)
     # a step the record lacks keeps its default
     assert graph["iberia.select.residual_sqrt_62"].cost == skill._DEFAULT_COST["select"]
 
