@@ -1604,6 +1604,11 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
         for model in dict.fromkeys(s.model for s in rows):
             trained[model] = add("train", model, "train", model)
     chosen = {}
+
+    def model_steps(model: str) -> list[str]:
+        """The training and checkpoint choice of ``model`` that are steps of this graph."""
+        return [d[model] for d in (trained, chosen) if model in d]
+
     if "select" in stages or "sample" in stages:  # a draw of a chosen checkpoint chooses it first
         for model in dict.fromkeys(s.model for s in rows if s.checkpoint == "selected"):
             after = [trained[model]] if model in trained else []
@@ -1612,9 +1617,8 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
         for row in rows:
             if row.derived_from or row.pooled_from:
                 continue
-            after = [d[row.model] for d in (trained, chosen) if row.model in d]
             slug = _slug(row.name)
-            add("sample", slug, "sample", slug, after, cost_key=f"sample:{row.name}")
+            add("sample", slug, "sample", slug, model_steps(row.model), f"sample:{row.name}")
     drawn = {t.name for t in tasks}
     rest = [s for s in ("sample", "evaluate") if s in stages]
     if rest:
@@ -1626,11 +1630,7 @@ def suite_tasks(suite: Suite, stages: Sequence[str], flags: Sequence[str]) -> li
         # draw whose drizzle threshold it takes), on whichever core is free
         row = _gcm_sampling(suite)
         source = f"{suite.name}.sample.{_slug(row.name)}"
-        after = (
-            [source]
-            if source in drawn
-            else [d[row.model] for d in (trained, chosen) if row.model in d]
-        )
+        after = [source] if source in drawn else model_steps(row.model)
         add("gcm", "application", "gcm", None, after)
     return tasks
 

@@ -9,7 +9,7 @@ whole suites side by side left one core idle for the last 25 minutes of an 81-mi
 
 A ``python -m <module>`` task is forked from a server process that has imported ``preload`` once
 (multiprocessing's forkserver) instead of starting a new interpreter: importing lightning, torch and
-the package takes about 9 s on a slow 2-core machine, for each of the bench's 20 steps.
+the package takes about 9 s on a slow 2-core machine, for each of the bench's steps.
 """
 
 from __future__ import annotations
