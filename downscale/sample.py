@@ -32,6 +32,7 @@ from downscale.sampling.driver import (
     SampleRequest,
     SamplerRun,
     check_precision,
+    store_attrs,
     write_samples,
 )
 from downscale.sampling.dry import DryThreshold, fit_dry_threshold
@@ -153,6 +154,11 @@ def check_dry_options(cfg: DictConfig) -> None:
         f"dry.threshold must be null, a number >= 0 (units of the predictand) or auto, got "
         f"{threshold!r}; e.g. dry.threshold=auto",
     )
+    require(
+        threshold == "auto" or not dry.get("fit_store"),
+        f"dry.fit_store is the draw dry.threshold=auto fits on, but dry.threshold={threshold}; "
+        "set dry.threshold=auto or drop dry.fit_store",
+    )
     if threshold != "auto":
         return
     wet_day = dry.get("wet_day")
@@ -161,7 +167,9 @@ def check_dry_options(cfg: DictConfig) -> None:
         f"dry.wet_day must be a positive number, got {wet_day!r}; e.g. dry.wet_day=1.0 (mm/day)",
     )
     require(
-        int(cfg.get("devices", 1)) == 1 or str(cfg.get("strategy")) == "ddp_spawn",
+        int(cfg.get("devices", 1)) == 1
+        or str(cfg.get("strategy")) == "ddp_spawn"
+        or bool(dry.get("fit_store")),
         "dry.threshold=auto draws its fit split first, which strategy=ddp cannot re-launch; use "
         "strategy=ddp_spawn, devices=1, or the fitted number (dry.threshold=<value>)",
     )
@@ -295,9 +303,10 @@ def dry_record(cfg: DictConfig, dry: DryThreshold) -> dict[str, Any]:
 
 def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
     """``cfg`` with ``dry.threshold=auto`` replaced by the fitted value: the same model and
-    sampler draw ``dry.fit_split`` (next to ``out``, resumable, no conservation), and the threshold
-    is the value the members exceed as often as the observations reach ``dry.wet_day``. Also
-    returns the seconds the fit draw took (0 when it was drawn before)."""
+    sampler draw ``dry.fit_split`` (next to ``out``, resumable, no conservation), or
+    ``dry.fit_store`` names such a draw made before, and the threshold is the value the members
+    exceed as often as the observations reach ``dry.wet_day``. Also returns the seconds the fit
+    draw took (0 when it was drawn before)."""
     fit_cfg = copy.deepcopy(cfg)
     out = Path(cfg.out)
     split, wet_day = str(cfg.dry.fit_split), float(cfg.dry.wet_day)
@@ -305,7 +314,7 @@ def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
         "split": split,
         "out": str(out.with_name(f"{out.stem}_dry_fit_{split}{out.suffix}")),
         "conserve": None,
-        "dry": {"threshold": None},
+        "dry": {"threshold": None, "fit_store": None},
     }
     for key, value in overrides.items():
         OmegaConf.update(fit_cfg, key, value, merge=True, force_add=True)
@@ -316,7 +325,11 @@ def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
         f"dry.threshold=auto fits one predictand of {', '.join(job.datamodule.targets)}, got "
         f"{', '.join(variables)}; name it, e.g. dry.variables=[precip]",
     )
-    drawn = draw(fit_cfg, job)
+    fit_store = cfg.dry.get("fit_store")
+    if fit_store:
+        drawn = {"path": check_fit_store(Path(fit_store), job.request), "seconds": 0.0}
+    else:
+        drawn = draw(fit_cfg, job)
     samples = xr.open_zarr(drawn["path"], consolidated=False)
     name = variables[0]
     obs = job.datamodule.ds[name].isel(time=samples["time_index"].values)
@@ -327,9 +340,58 @@ def fit_dry(cfg: DictConfig) -> tuple[DictConfig, float]:
     )
     fitted = copy.deepcopy(cfg)
     OmegaConf.update(fitted, "dry.threshold", threshold, force_add=True)
+    OmegaConf.update(fitted, "dry.fit_store", None, force_add=True)  # recorded in dry.fit
     record = {"fit_split": split, "wet_day": wet_day, "obs_wet_frequency": round(frequency, 6)}
+    if fit_store:
+        record.update(
+            fit_store=str(fit_store),
+            fit_members=int(samples.sizes["member"]),
+            fit_seed=int(samples.attrs["seed"]),
+        )
     OmegaConf.update(fitted, "dry.fit", record, force_add=True)
     return fitted, float(drawn["seconds"])
+
+
+# the attributes of a samples store that fix the distribution of its members (seed and member
+# count may differ: a threshold is a property of the model and sampler, not of one draw's noise)
+_DISTRIBUTION_ATTRS = (
+    "checkpoint_sha256",
+    "model",
+    "sampler",
+    "schedule",
+    "schedule_scale",
+    "precision",
+    "conserve",
+    "dry",
+    "split",
+    "obs_store",
+)
+
+
+def check_fit_store(path: Path, request: SampleRequest) -> Path:
+    """``path`` when it is a finished draw of ``request``'s split with the same checkpoint,
+    sampler and schedule, unconstrained (``dry.fit_store``: e.g. the validation draw
+    ``downscale.select`` made of the checkpoint it chose); a user error naming the mismatch if not."""
+    require(
+        path.is_dir(),
+        f"dry.fit_store={path} does not exist; give a finished samples store of the fit split "
+        "(e.g. <select output>/draws/<label>/samples.zarr) or drop dry.fit_store to draw one",
+    )
+    stored = xr.open_zarr(path, consolidated=False)
+    wanted = store_attrs(request.attrs)
+    differ = [key for key in _DISTRIBUTION_ATTRS if stored.attrs.get(key) != wanted.get(key)]
+    require(
+        not differ,
+        f"dry.fit_store={path} differs from this fit in {', '.join(differ)} (it needs the same "
+        "checkpoint, sampler, schedule and split, unconstrained); drop dry.fit_store to draw the "
+        "fit split",
+    )
+    require(
+        np.array_equal(stored["time_index"].values, request.times),
+        f"dry.fit_store={path} does not hold every day of the {request.attrs['split']} split; "
+        "drop dry.fit_store to draw it",
+    )
+    return path
 
 
 def draw(cfg: DictConfig, job: SampleJob) -> dict[str, Any] | None:

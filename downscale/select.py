@@ -89,6 +89,11 @@ def sample_crps(path: str | Path, variable: str | None = None) -> float:
     return float(crps_ensemble(samples[name], obs).compute())
 
 
+def draw_path(out_dir: str | Path, label: str) -> Path:
+    """Where the candidate ``label``'s draw is kept (``dry.fit_store`` of the chosen one's rows)."""
+    return Path(out_dir) / "draws" / label.replace("/", "__") / "samples.zarr"
+
+
 def draw_config(cfg: DictConfig, ckpt: Path, out: Path) -> DictConfig:
     """The sampling config of one candidate: its checkpoint, the selection split, no evaluation and
     no drizzle correction (the raw draws are compared)."""
@@ -98,7 +103,7 @@ def draw_config(cfg: DictConfig, ckpt: Path, out: Path) -> DictConfig:
         "run_dir": None,
         "out": str(out),
         "evaluate": False,
-        "dry": {"threshold": None},
+        "dry": {"threshold": None, "fit_store": None},
     }.items():
         OmegaConf.update(sub, key, value, merge=True, force_add=True)
     return sub
@@ -125,8 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             print(f"select: {label} skipped (the same training step as {seen[moment]})")
             continue
         seen[moment] = label
-        draw = out_dir / "draws" / label.replace("/", "__") / "samples.zarr"
-        result = sample.run(draw_config(cfg, path, draw))
+        result = sample.run(draw_config(cfg, path, draw_path(out_dir, label)))
         score = sample_crps(result["path"], cfg.get("variable"))
         rows.append(
             {
@@ -134,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "checkpoint": str(path),
                 "epoch": checkpoint.get("epoch"),
                 "crps": score,
+                "draw": str(result["path"]),
             }
         )
         print(f"select: {label} (epoch {checkpoint.get('epoch')}): CRPS {score:.4g} on {cfg.split}")

@@ -708,8 +708,10 @@ SUITES: dict[str, Suite] = {
         "(members are seeded by seed, day and member, so they are the draws of a 16-member run, "
         "to 3e-4 mm/day). Rows marked val-CRPS checkpoint sample the checkpoint `downscale.select` "
         "picked by the CRPS of 8 members on the validation winter (its time is in `train s`); "
-        "dry threshold: `dry.threshold=auto`, fitted on a validation draw (its time is in the "
-        "sampling time).",
+        "dry threshold: `dry.threshold=auto`, fitted on a validation draw: for the rows drawn "
+        "with select's sampler, the 8-member draw `downscale.select` made of the chosen checkpoint "
+        "(`dry.fit_store`; its time is in `train s`; rows drawn before notes item 38 drew their "
+        "own), otherwise the row's own draw (its time is in the sampling time).",
     ),
     # The GPU settings of the residual EDM on the same data, test days and scorecard: a bigger net
     # (net=small, two learning rates) and the CPU net trained 4x longer. Every setting is reported
@@ -1073,8 +1075,24 @@ def _select(suite: Suite, model: str) -> dict:
     return chosen
 
 
-# overrides that name paths: not part of a draw's recorded setting
-_PATHS = ("ckpt=", "out=", "data.store=", "run_dir=", "paths.output_dir=")
+def _fit_on_choice(suite: Suite, sampling: Sampling, chosen: dict) -> tuple[str, ...]:
+    """``dry.fit_store=`` downscale.select's validation draw of the chosen checkpoint, for a row
+    that fits its drizzle threshold with select's sampler: that draw is one the fit would make
+    again with another seed (a minute of a slow CPU per row; notes item 38)."""
+    options = [o for o in sampling.overrides if o != _DRY and not o.startswith("seed=")]
+    choice = [o for o in suite.checkpoint_choice if not o.startswith("n_members=")]
+    if _DRY not in sampling.overrides or options != choice:
+        return ()
+    from downscale.select import draw_path
+
+    return (
+        f"dry.fit_store={draw_path(_selection_dir(suite, sampling.model), chosen['best']['label'])}",
+    )
+
+
+# overrides that name paths: not part of a draw's recorded setting (the store's attributes
+# record the checkpoint and a fit store's path)
+_PATHS = ("ckpt=", "out=", "data.store=", "run_dir=", "paths.output_dir=", "dry.fit_store=")
 
 
 def _recorded(out: Path, setting: list[str]) -> dict | None:
@@ -1104,7 +1122,8 @@ def _sample(
 
     sampling = dataclasses.replace(sampling, n_members=n_members)
     if sampling.checkpoint == "selected":  # first: the choice is kept (and timed) with the rows
-        _select(suite, sampling.model)
+        chosen = _select(suite, sampling.model)
+        extra = (*extra, *_fit_on_choice(suite, sampling, chosen))
     overrides = _sample_overrides(suite, sampling, out, split, extra)
     setting = _setting(overrides)
     info = _recorded(out, setting)

@@ -223,6 +223,11 @@ class SampleRequest:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def store_attrs(attrs: dict[str, Any]) -> dict[str, str | int | float]:
+    """A request's attributes as the samples store holds them (anything else as JSON)."""
+    return {k: v if isinstance(v, str | int | float) else json.dumps(v) for k, v in attrs.items()}
+
+
 def _template(datamodule: Any, request: SampleRequest) -> xr.Dataset:
     """The empty samples store (lazy zeros) with coordinates copied from the dataset store."""
     import dask.array as da
@@ -251,12 +256,7 @@ def _template(datamodule: Any, request: SampleRequest) -> xr.Dataset:
     }
     out = xr.Dataset(variables, coords=coords)
     out["time_index"] = ("time", request.times.astype(np.int64))
-    out.attrs.update(
-        {
-            k: v if isinstance(v, str | int | float) else json.dumps(v)
-            for k, v in request.attrs.items()
-        }
-    )
+    out.attrs.update(store_attrs(request.attrs))
     out.attrs.update(request_key=request.key(), seed=request.seed, downscale_version=__version__)
     return out
 

@@ -11,6 +11,7 @@ import xarray as xr
 
 from downscale import evaluate, sample, select
 from downscale.sampling.driver import SampleRequest, write_samples
+from downscale.sampling.dry import fit_dry_threshold
 from downscale.utils.checkpoint import build_model, load_checkpoint
 from tests.conftest import compose_config, tiny_training
 
@@ -179,6 +180,75 @@ def test_dry_threshold_auto_fits_on_the_validation_draw_and_zeroes_the_drizzle(t
     assert ((free > 0) & (free < threshold)).any()  # the correction had drizzle to remove
 
 
+def test_dry_threshold_auto_fits_on_a_given_draw_of_the_split_without_drawing_again(trained):
+    """dry.fit_store: the threshold is fitted on a finished draw of the fit split with the same
+    checkpoint and sampler (another seed and member count), as fit_dry_threshold gives on it."""
+    root, result = trained
+    given = sample.run(
+        sample_cfg(
+            root,
+            result["run_dir"],
+            "val_draw",
+            "evaluate=false",
+            "split=val",
+            "seed=3",
+            "n_members=2",
+        )
+    )
+    out = sample.run(
+        sample_cfg(
+            root,
+            result["run_dir"],
+            "dry_given",
+            "evaluate=false",
+            "dry.threshold=auto",
+            f"dry.fit_store={given['path']}",
+        )
+    )
+    assert out["dry_fit_seconds"] == 0.0
+    assert not out["path"].with_name("samples_dry_fit_val.zarr").exists()  # nothing drawn
+    ds = xr.open_zarr(out["path"], consolidated=False)
+    record = json.loads(ds.attrs["dry"])
+    assert (record["fit_store"], record["fit_members"], record["fit_seed"]) == (
+        str(given["path"]),
+        2,
+        3,
+    )
+    fit = xr.open_zarr(given["path"], consolidated=False)
+    obs = xr.open_zarr(ds.attrs["obs_store"], consolidated=False).precip
+    expected, _ = fit_dry_threshold(
+        fit.precip.values, obs.isel(time=fit.time_index.values).values, wet_day=1.0
+    )
+    assert record["threshold"] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("draw_overrides", "message"),
+    [
+        (["split=val", "sampler.steps=5"], "differs from this fit in sampler ("),
+        (["split=test"], "differs from this fit in split ("),
+    ],
+)
+def test_dry_fit_store_must_be_drawn_like_the_fit(trained, draw_overrides, message, capsys):
+    root, result = trained
+    name = "other_" + "_".join(o.replace("=", "").replace(".", "") for o in draw_overrides)
+    other = sample.run(
+        sample_cfg(root, result["run_dir"], name, "evaluate=false", "n_members=1", *draw_overrides)
+    )
+    cfg = sample_cfg(
+        root,
+        result["run_dir"],
+        f"refused_{name}",
+        "dry.threshold=auto",
+        f"dry.fit_store={other['path']}",
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        sample.run(cfg)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (root / f"refused_{name}").exists()
+
+
 @pytest.mark.parametrize("threshold", ["auto", "0.5"])
 def test_dry_variables_must_name_a_predictand(trained, threshold):
     root, result = trained
@@ -254,6 +324,7 @@ def test_select_keeps_the_checkpoint_whose_validation_draw_scores_best(trained):
     assert len(selection["candidates"]) == 2
     for row in selection["candidates"]:
         draw = out / "draws" / row["label"].replace("/", "__") / "samples.zarr"
+        assert row["draw"] == str(draw) == str(select.draw_path(out, row["label"]))
         samples = xr.open_zarr(draw, consolidated=False)
         assert samples.attrs["split"] == "val"
         obs = xr.open_zarr(samples.attrs["obs_store"], consolidated=False).precip
@@ -264,6 +335,25 @@ def test_select_keeps_the_checkpoint_whose_validation_draw_scores_best(trained):
     assert (out / "selected.ckpt").read_bytes() == result["last_ckpt"].read_bytes()
     saved = json.loads((out / "selection.json").read_text())
     assert saved["best"]["crps"] < min(r["crps"] for r in saved["candidates"] if r != saved["best"])
+    # the chosen checkpoint's rows can fit their drizzle threshold on its validation draw
+    chosen = sample.run(
+        compose_config(
+            "sample",
+            [
+                f"paths.output_dir={root / 'chosen'}",
+                f"ckpt={out / 'selected.ckpt'}",
+                "sampler=euler",
+                "sampler.steps=20",
+                "n_members=2",
+                "block_size=4",
+                "evaluate=false",
+                "dry.threshold=auto",
+                f"dry.fit_store={saved['best']['draw']}",
+            ],
+        )
+    )
+    record = json.loads(xr.open_zarr(chosen["path"], consolidated=False).attrs["dry"])
+    assert (record["fit_store"], record["fit_members"]) == (saved["best"]["draw"], 4)
 
 
 def test_rerun_with_the_same_out_skips_finished_work(trained):

@@ -25,6 +25,7 @@ CASES = [
     (["dry.threshold=yes"], "dry.threshold must be null, a number >= 0"),
     (["dry.threshold=auto", "dry.wet_day=0"], "dry.wet_day must be a positive number"),
     (["dry.threshold=auto", "devices=2", "strategy=ddp"], "use strategy=ddp_spawn"),
+    (["dry.threshold=0.5", "dry.fit_store=x.zarr"], "set dry.threshold=auto or drop"),
 ]
 
 

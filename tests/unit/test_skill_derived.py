@@ -222,3 +222,26 @@ def test_training_resumes_an_interrupted_run_and_force_keeps_the_old_one(tmp_pat
     assert calls == [str(run_dir), None]
     (old,) = run_dir.parent.glob("model.replaced-*")
     assert (old / "checkpoints" / "last.ckpt").read_bytes() == b"interrupted"
+
+
+def test_rows_with_selects_sampler_fit_their_drizzle_threshold_on_its_draw(tmp_path, monkeypatch):
+    """The Iberia core rows (select's sampler, either sampling seed) fit dry.threshold=auto on the
+    validation draw downscale.select made of the checkpoint it chose; the dpm2_heun row, another
+    sampler, draws its own. The path is not part of a draw's recorded setting."""
+    monkeypatch.setattr(skill, "OUT", tmp_path / "skill")
+    suite = skill.SUITES["iberia"]
+    chosen = {"best": {"label": "epoch-0049"}}
+    first, second, reference = skill._IBERIA_CORE.rows[2:]
+    draws = tmp_path / "skill" / "iberia" / "select"
+    for row in (first, second):
+        (given,) = skill._fit_on_choice(suite, row, chosen)
+        assert given == (
+            f"dry.fit_store={draws / row.model / 'draws' / 'epoch-0049' / 'samples.zarr'}"
+        )
+        assert skill._setting([*row.overrides, given]) == list(row.overrides)
+    assert "sampler=dpm2_heun" in reference.overrides
+    assert skill._fit_on_choice(suite, reference, chosen) == ()
+    no_drizzle = dataclasses.replace(
+        first, overrides=tuple(o for o in first.overrides if o != skill._DRY)
+    )
+    assert skill._fit_on_choice(suite, no_drizzle, chosen) == ()
