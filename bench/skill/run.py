@@ -935,7 +935,10 @@ def _commands(suite: Suite) -> list[str]:
         if sampling.pooled_from:
             lines.append(_command("pool", _pool_overrides(suite, sampling, out)))
         else:
-            lines.append(_command("sample", _sample_overrides(suite, sampling, out, suite.split)))
+            extra = _fit_on_choice(suite, sampling, _recorded_choice(suite, sampling.model))
+            lines.append(
+                _command("sample", _sample_overrides(suite, sampling, out, suite.split, extra))
+            )
     if suite.gcm_store:
         edm = _gcm_job(suite)
         out = OUT / suite.name / "gcm" / _slug(edm.name) / "samples.zarr"
@@ -1073,6 +1076,12 @@ def _select(suite: Suite, model: str) -> dict:
     _write_json(record, chosen)
     _log(f"select {model}: {chosen['best']['label']} ({chosen['seconds']:.0f} s)")
     return chosen
+
+
+def _recorded_choice(suite: Suite, model: str) -> dict:
+    """``model``'s recorded checkpoint choice; before there is one, a placeholder label."""
+    recorded = _read_json(_selection_dir(suite, model) / "selection.json")
+    return recorded or {"best": {"label": "<label selected>"}}
 
 
 def _fit_on_choice(suite: Suite, sampling: Sampling, chosen: dict) -> tuple[str, ...]:

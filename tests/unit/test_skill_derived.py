@@ -245,3 +245,6 @@ def test_rows_with_selects_sampler_fit_their_drizzle_threshold_on_its_draw(tmp_p
         first, overrides=tuple(o for o in first.overrides if o != skill._DRY)
     )
     assert skill._fit_on_choice(suite, no_drizzle, chosen) == ()
+    # the listed commands name the draw (before the choice is made: a placeholder label)
+    fit_stores = [c for c in skill._commands(suite) if "dry.fit_store=" in c]
+    assert len(fit_stores) == 2 and all("<label selected>" in c for c in fit_stores)
