@@ -377,7 +377,13 @@ def check_fit_store(path: Path, request: SampleRequest) -> Path:
         f"dry.fit_store={path} does not exist; give a finished samples store of the fit split "
         "(e.g. <select output>/draws/<label>/samples.zarr) or drop dry.fit_store to draw one",
     )
-    stored = xr.open_zarr(path, consolidated=False)
+    try:
+        stored = xr.open_zarr(path, consolidated=False)
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for "not a store"
+        raise UserError(
+            f"dry.fit_store={path} is not a samples store ({type(exc).__name__}); give "
+            "<select output>/draws/<label>/samples.zarr or drop dry.fit_store"
+        ) from exc
     wanted = store_attrs(request.attrs)
     differ = [key for key in _DISTRIBUTION_ATTRS if stored.attrs.get(key) != wanted.get(key)]
     require(

@@ -249,6 +249,22 @@ def test_dry_fit_store_must_be_drawn_like_the_fit(trained, draw_overrides, messa
     assert not (root / f"refused_{name}").exists()
 
 
+@pytest.mark.parametrize(("made", "message"), [(False, "does not exist"), (True, "not a samples")])
+def test_dry_fit_store_must_be_a_samples_store(trained, tmp_path, made, message, capsys):
+    root, result = trained
+    given = tmp_path / "not_a_store.zarr"
+    if made:
+        given.mkdir()
+    cfg = sample_cfg(
+        root, result["run_dir"], f"no_store_{made}", "dry.threshold=auto", f"dry.fit_store={given}"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        sample.run(cfg)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (root / f"no_store_{made}").exists()
+
+
 @pytest.mark.parametrize("threshold", ["auto", "0.5"])
 def test_dry_variables_must_name_a_predictand(trained, threshold):
     root, result = trained
