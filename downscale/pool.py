@@ -32,7 +32,16 @@ from downscale.utils.cli import run_cli
 from downscale.utils.errors import UserError, report_user_errors, require
 
 # what each source's record in the pool's attrs keeps (the rest stays in the source store)
-_SOURCE_ATTRS = ("checkpoint", "checkpoint_sha256", "model", "seed", "sampler", "nfe", "dry")
+_SOURCE_ATTRS = (
+    "checkpoint",
+    "checkpoint_sha256",
+    "model",
+    "seed",
+    "sampler",
+    "tiling",
+    "nfe",
+    "dry",
+)
 # what the sources must share: the days, the observations they are scored against
 _SHARED_ATTRS = ("split", "obs_store")
 

@@ -259,6 +259,8 @@ def prepare(cfg: DictConfig) -> SampleJob:
             **({"schedule_scale": schedule_scale} if schedule_scale != 1.0 else {}),
             # only when set: unconstrained stores keep their request key
             **({"conserve": conserve} if conserve else {}),
+            # only when set: untiled stores keep their request key
+            **({"tiling": to_plain(cfg.tiling)} if cfg.get("tiling") else {}),
             **({"dry": json.dumps(dry_record(cfg, dry))} if dry else {}),
             # only when mixed: float32 stores keep their request key
             **({"precision": precision} if precision != "32-true" else {}),
@@ -362,6 +364,7 @@ _DISTRIBUTION_ATTRS = (
     "schedule_scale",
     "precision",
     "conserve",
+    "tiling",
     "dry",
     "split",
     "obs_store",

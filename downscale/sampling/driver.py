@@ -318,8 +318,8 @@ def write_samples(
         existing = xr.open_zarr(request.out, consolidated=False).attrs
         require(
             existing.get("request_key") == request.key(),
-            f"{request.out} already holds samples of a different request (checkpoint, sampler, seed "
-            "or times); choose another out= or remove it",
+            f"{request.out} already holds samples of a different request (checkpoint, sampler, "
+            "tiling, seed or times); choose another out= or remove it",
         )
         return {
             "path": request.out,

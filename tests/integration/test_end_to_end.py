@@ -381,6 +381,20 @@ def test_rerun_with_the_same_out_skips_finished_work(trained):
     assert first["device"] == f"cpu ({torch.get_num_threads()} threads)" and again["device"] is None
 
 
+def test_a_finished_store_of_another_tiling_is_not_taken_for_this_one(trained, capsys):
+    """The tiling is part of a draw's request: rerunning into the same out= with another overlap
+    is refused (before, the first store came back as if it were the second's)."""
+    root, result = trained
+    tiled = ("evaluate=false", "n_members=1", "tiling=default", "tiling.tile=16")
+    first = sample.run(sample_cfg(root, result["run_dir"], "tiled", *tiled, "tiling.overlap=8"))
+    record = json.loads(xr.open_zarr(first["path"], consolidated=False).attrs["tiling"])
+    assert (record["tile"], record["overlap"]) == (16, 8)
+    with pytest.raises(SystemExit) as exit_info:
+        sample.run(sample_cfg(root, result["run_dir"], "tiled", *tiled, "tiling.overlap=4"))
+    assert exit_info.value.code == 2
+    assert "already holds samples of a different request" in capsys.readouterr().err
+
+
 def test_sampler_sweep_writes_a_summary_at_the_sweep_root(trained):
     import os
     import subprocess
