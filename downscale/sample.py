@@ -260,7 +260,7 @@ def prepare(cfg: DictConfig) -> SampleJob:
             # only when set: unconstrained stores keep their request key
             **({"conserve": conserve} if conserve else {}),
             # only when set: untiled stores keep their request key
-            **({"tiling": to_plain(cfg.tiling)} if cfg.get("tiling") else {}),
+            **({"tiling": tiling_record(cfg.tiling)} if cfg.get("tiling") else {}),
             **({"dry": json.dumps(dry_record(cfg, dry))} if dry else {}),
             # only when mixed: float32 stores keep their request key
             **({"precision": precision} if precision != "32-true" else {}),
@@ -273,6 +273,12 @@ def prepare(cfg: DictConfig) -> SampleJob:
         },
     )
     return SampleJob(ckpt_path, model, datamodule, sampler, request, constraint)
+
+
+def tiling_record(tiling: DictConfig) -> dict[str, Any]:
+    """The tiling options that shape the draws; ``max_batch`` only chunks the work, so a run
+    resumed with a lower one (after running out of memory) keeps its request key."""
+    return {k: v for k, v in to_plain(tiling).items() if k != "max_batch"}
 
 
 def dry_threshold(cfg: DictConfig, targets: Sequence[str]) -> DryThreshold | None:

@@ -388,7 +388,14 @@ def test_a_finished_store_of_another_tiling_is_not_taken_for_this_one(trained, c
     tiled = ("evaluate=false", "n_members=1", "tiling=default", "tiling.tile=16")
     first = sample.run(sample_cfg(root, result["run_dir"], "tiled", *tiled, "tiling.overlap=8"))
     record = json.loads(xr.open_zarr(first["path"], consolidated=False).attrs["tiling"])
-    assert (record["tile"], record["overlap"]) == (16, 8)
+    assert (record["tile"], record["overlap"]) == (16, 8) and "max_batch" not in record
+    # max_batch only chunks the work: a rerun with a lower one (after an OOM) is the same request
+    again = sample.run(
+        sample_cfg(
+            root, result["run_dir"], "tiled", *tiled, "tiling.overlap=8", "tiling.max_batch=2"
+        )
+    )
+    assert again["blocks_computed"] == 0
     with pytest.raises(SystemExit) as exit_info:
         sample.run(sample_cfg(root, result["run_dir"], "tiled", *tiled, "tiling.overlap=4"))
     assert exit_info.value.code == 2
