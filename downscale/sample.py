@@ -378,9 +378,10 @@ _DISTRIBUTION_ATTRS = (
 
 
 def check_fit_store(path: Path, request: SampleRequest) -> Path:
-    """``path`` when it is a finished draw of ``request``'s split with the same checkpoint,
-    sampler and schedule, unconstrained (``dry.fit_store``: e.g. the validation draw
-    ``downscale.select`` made of the checkpoint it chose); a user error naming the mismatch if not."""
+    """``path`` when it is a finished draw of ``request``'s days with the same
+    ``_DISTRIBUTION_ATTRS`` (checkpoint, sampler, schedule, tiling, ..., unconstrained) for
+    ``dry.fit_store``, e.g. the validation draw ``downscale.select`` made of the checkpoint it
+    chose; a user error naming the mismatch if not."""
     require(
         path.is_dir(),
         f"dry.fit_store={path} does not exist; give a finished samples store of the fit split "

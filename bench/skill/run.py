@@ -1671,7 +1671,7 @@ _PRELOAD = ("lightning", "xarray", "downscale.train", "downscale.sample", "downs
 def run_parallel(suites: Sequence[Suite], stages: Sequence[str], args: argparse.Namespace) -> None:
     """Every chosen stage but the report, ``args.jobs`` processes at a time: the stores built here
     first (seconds), then the suites' tasks (or, with ``--only``, one process per suite)."""
-    fork_server(_PRELOAD, args.jobs)  # its imports run while the stores are built
+    forks = fork_server(_PRELOAD, args.jobs)  # its imports run while the stores are built
     if "build" in stages:
         for suite in suites:
             stage_build(suite)
@@ -1682,7 +1682,7 @@ def run_parallel(suites: Sequence[Suite], stages: Sequence[str], args: argparse.
         tasks = [t for suite in suites for t in suite_tasks(suite, stages, flags)]
     seconds: dict[str, float] = {}
     try:
-        failed = run_tasks(tasks, args.jobs, OUT / "logs", REPO, _log, _PRELOAD, seconds)
+        failed = run_tasks(tasks, args.jobs, OUT / "logs", REPO, _log, forks, seconds)
     finally:  # the next run's estimates, also from an interrupted or failed run's finished steps
         if seconds:
             path = OUT / "logs" / STEP_SECONDS

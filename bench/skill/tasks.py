@@ -134,9 +134,9 @@ def threads_per_job(jobs: int) -> int:
 
 
 def fork_server(preload: Sequence[str], jobs: int):
-    """multiprocessing's forkserver context with ``preload`` imported once, or None where there is
-    no forkserver (Windows) or nothing to preload. Started here (its imports run in the background
-    until the first task is forked); a server already started is reused."""
+    """multiprocessing's forkserver context with ``preload`` imported once, for :func:`run_tasks`,
+    or None where there is no forkserver (Windows) or nothing to preload. Started here (its imports
+    run in the background until the first task is forked); a server already started is reused."""
     if not preload or "forkserver" not in multiprocessing.get_all_start_methods():
         return None
     threads = threads_per_job(jobs)
@@ -162,18 +162,17 @@ def run_tasks(
     log_dir: Path,
     cwd: Path,
     log: Callable[[str], None] = print,
-    preload: Sequence[str] = (),
+    forks=None,
     seconds: dict[str, float] | None = None,
 ) -> list[str]:
     """Run ``tasks`` (at most ``jobs`` at once, longest path first); the names of those that failed
-    and of those skipped because a task they come after failed. ``python -m`` tasks are forked from
-    a server that imported ``preload`` (module names) once; ``seconds``, when given, receives each
-    finished task's wall time. Interrupted, it stops the running processes (a rerun reuses their
-    finished steps)."""
+    and of those skipped because a task they come after failed. ``python -m`` tasks are forked
+    from ``forks`` (:func:`fork_server`'s context) when given; ``seconds``, when given, receives
+    each finished task's wall time. Interrupted, it stops the running processes (a rerun reuses
+    their finished steps)."""
     lengths = path_lengths(tasks)
     threads = threads_per_job(jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    forks = fork_server(preload, jobs)
     log_dir.mkdir(parents=True, exist_ok=True)
     waiting = sorted(tasks, key=lambda t: -lengths[t.name])  # stable: definition order on ties
     done: set[str] = set()

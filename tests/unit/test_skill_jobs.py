@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from bench.skill import run as skill
-from bench.skill.tasks import Task, path_lengths, run_tasks
+from bench.skill.tasks import Task, fork_server, path_lengths, run_tasks
 
 SHOW = "import os, sys; print(sys.argv[1], 'threads', os.environ['OMP_NUM_THREADS'])"
 
@@ -70,7 +70,8 @@ def test_python_module_tasks_are_forked_from_a_preloaded_server(tmp_path):
         Task("after_bad", (*probe, "after", "0"), ("bad",)),
     ]
     lines = []
-    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append, preload=("torch",))
+    forks = fork_server(("torch",), 2)
+    failed = run_tasks(tasks, 2, tmp_path / "logs", tmp_path, lines.append, forks=forks)
     assert failed == ["bad", "after_bad"]
     assert any("bad: failed (exit 3)" in line for line in lines)
     threads = max(1, (os.cpu_count() or 1) // 2)
@@ -211,8 +212,8 @@ def recorded(monkeypatch):
     ``recorded["failed"]`` is what the tasks report as failed."""
     calls = {"tasks": [], "report": [], "build": [], "failed": [], "order": []}
 
-    def fake_tasks(tasks, jobs, log_dir, cwd, log, preload=(), seconds=None):
-        assert "downscale.train" in preload  # the steps are forked from a preloaded server
+    def fake_tasks(tasks, jobs, log_dir, cwd, log, forks=None, seconds=None):
+        assert forks == "server"  # the steps are forked from the server started first
         calls["tasks"].append((list(tasks), jobs, log_dir))
         seconds.update({t.name: 12.34 for t in tasks if t.name not in calls["failed"]})
         return calls["failed"]
@@ -226,9 +227,13 @@ def recorded(monkeypatch):
         calls["order"].append(("build", suite.name))
 
     monkeypatch.setattr(skill, "stage_build", build)
-    monkeypatch.setattr(
-        skill, "fork_server", lambda preload, jobs: calls["order"].append(("server", jobs))
-    )
+
+    def server(preload, jobs):
+        assert "downscale.train" in preload  # what every step imports, once
+        calls["order"].append(("server", jobs))
+        return "server"
+
+    monkeypatch.setattr(skill, "fork_server", server)
     monkeypatch.setattr(skill, "stage_report", lambda suites: calls["report"].append(suites))
     return calls
 
