@@ -13,8 +13,9 @@
 # long: the first lease's training (3.5 min) resumed to 7 min in all (220 s more), which leaves room
 # in one call for its 8-member draw (230 s) and scoring, if not by much: a draw cut short by its
 # deadline is resumable, so a second call of the same command (the machine still warm) finishes it.
-# What comes back under $OUT: logs, scores.json (every row), the rows' records, the trainings'
-# summaries and checkpoints, to copy into outputs/skill/radar_gpu before `--stage report`.
+# What comes back under $OUT: records.tar (scores.json with every row, the rows' records, the
+# trainings' summaries, the logs) and checkpoints_<model>.tar (best.ckpt, last.ckpt), to unpack into
+# outputs/skill/radar_gpu (records) and its train/<model>/checkpoints before `--stage report`.
 # LEASE_OUT=<folder> runs it elsewhere and LEASE_CPU=1 on a CPU (a few steps in fp32, for checking
 # the script on a store of the crop, which then stands in for the whole domain).
 set -u
@@ -81,14 +82,17 @@ long) # the first lease's residual EDM (3.5 min of training) continued to 7 min 
     ;;
 esac
 for m in "${MODELS[@]}"; do grep -h "train_seconds\|steps\|sigma_data" "$S/radar_gpu/train/$m/summary.json"; done
-el collect
+el collect # a device call returns at most 8 files of 16 MiB: the records in one tar, each model's
+# checkpoints in another
 G=$S/radar_gpu
-cp "$G/scores.json" "$OUT/" 2>/dev/null
+B=$(mktemp -d)
+cp "$G/scores.json" "$S"/logs/lease_*.log "$B/" 2>/dev/null
 (cd "$G" && find "${MODELS[@]/#/train/}" samples eval -name "*.json" -not -path "*.zarr*" 2>/dev/null |
-    tar cf - -T - 2>/dev/null) | (cd "$OUT" && tar xf -)
+    tar cf - -T - 2>/dev/null) | (cd "$B" && tar xf -)
+tar cf "$OUT/records.tar" -C "$B" .
 for m in "${MODELS[@]}"; do
-    mkdir -p "$OUT/train/$m" && cp "$G/train/$m/checkpoints/"{best,last}.ckpt "$OUT/train/$m/" 2>/dev/null
+    tar cf "$OUT/checkpoints_$m.tar" -C "$G/train/$m/checkpoints" best.ckpt last.ckpt 2>/dev/null
 done
-cp "$S"/logs/lease_*.log "$OUT/"
+ls -l "$OUT"
 grep -h "evaluated\|error" "$S"/logs/lease_evaluate_*.log
 el done
