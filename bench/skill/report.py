@@ -53,8 +53,8 @@ def _table(methods: dict[str, dict[str, Any]], ablations: list[str]) -> list[str
 
 
 def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
-    """Where the models' wall times were measured, one line per device (row names hold commas, so
-    a line joins them with semicolons)."""
+    """Where the models' wall times were measured, one line per device, the training devices
+    first (row names hold commas, so a line joins them with semicolons)."""
     models = [name for name, row in methods.items() if row.get("kind") == "model"]
     keys = ("train_device", "sample_device")
     if not any(methods[name].get(key) for name in models for key in keys):
@@ -67,7 +67,7 @@ def _hardware(methods: dict[str, dict[str, Any]]) -> list[str]:
             devices.setdefault(where, []).append(name)
     lines = [
         f"- {where}: {'every model row' if names == models else '; '.join(names)}"
-        for where, names in devices.items()
+        for where, names in sorted(devices.items(), key=lambda item: item[0].startswith("sampled"))
     ]
     return ["Wall times of the models:", "", *lines, ""]
 

@@ -827,10 +827,10 @@ SUITES: dict[str, Suite] = {
         anchor_check="radar_full/anchors_check.json",
         anchors=_RADAR_ANCHORS,
     ),
-    # the radar task on the whole domain: a GPU suite (runs only when named). The residual
-    # EDM of the crop on the tiny net, trained for 3.5 min (trainer.max_time); training and the
-    # three model draws take about 11 min of a GPU (two 15-minute leases, with their starts and
-    # scoring); the baselines are CPU work (--only baselines)
+    # the radar task on the whole domain: a GPU suite (runs only when named). The crop's
+    # residual EDM, EDM and GAN on the tiny net, stopped by trainer.max_time; the residual EDM's
+    # training and three draws took two 15-minute leases, the EDM's and GAN's one device call
+    # (bench/skill/radar_gpu_lease.sh); the baselines are CPU work (--only baselines)
     "radar_gpu": Suite(
         name="radar_gpu",
         build=("build=radar_mrms",),
@@ -873,10 +873,12 @@ SUITES: dict[str, Suite] = {
         "second lease, of an NVIDIA H200 (`248dbc2`). Each was scored on its GPU machine by the "
         "bench's evaluate stage with this scorecard. The regression rows are the model's "
         "regression stage alone (`residual_mean=true`), drawn and scored on the CPU like the "
-        "baselines, from the same store. See the notes, items 25, 27 and 31. The whole-domain EDM "
-        "and GAN (`radar_mrms_edm`, `radar_mrms_gan`) and the residual EDM trained for 7 minutes "
-        'are set up for the next leases (docs/gpu.md, "The next leases"): their commands are '
-        "listed below, and their rows appear once they have run.",
+        "baselines, from the same store. See the notes, items 25, 27 and 31. The EDM and GAN rows "
+        "(`radar_mrms_edm`, `radar_mrms_gan`) come from a third lease, of an NVIDIA H200 "
+        "(`d6b6e32`): both trained side by side on the card for 3 minutes each, then drawn and "
+        "scored there (`bash bench/skill/radar_gpu_lease.sh rows`; notes, item 39). The residual "
+        'EDM trained for 7 minutes is set up for the next lease (docs/gpu.md, "The next lease"): '
+        "its commands are listed below, and its row appears once it has run.",
     ),
 }
 

@@ -20,10 +20,10 @@ def test_hardware_lines_name_the_rows_of_each_device():
         "Wall times of the models:",
         "",
         "- trained before records named the device: old row",
-        "- sampled before records named the device: old row",
         "- trained on NVIDIA H200: gpu row",
-        "- sampled on NVIDIA H200: gpu row; cpu row",
         "- trained on cpu (2 threads): cpu row",
+        "- sampled before records named the device: old row",
+        "- sampled on NVIDIA H200: gpu row; cpu row",
         "",
     ]
     same = {k: v for k, v in methods.items() if k == "gpu row"}
