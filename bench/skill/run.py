@@ -164,6 +164,21 @@ _RADAR_EDM = Sampling(
     (*_DPMPP_10, *_TILES_64),
     4,
 )
+# the EDM trained for the residual EDM's 840 steps (30 epochs, not 10): its best validation epoch
+# is 19 (560 steps, the residual EDM's denoiser steps after its 10 regression epochs), its last 29
+# (notes item 39: which of the residual design and the denoiser's steps made the difference)
+_RADAR_EDM_30_BEST = dataclasses.replace(
+    _RADAR_EDM,
+    name="EDM sigma_data auto, 30 epochs, best validation epoch (19: 560 steps), dpmpp_2m 10 "
+    "(10 NFE), 4 members",
+    model="edm_auto_30",
+    ablation=True,
+)
+_RADAR_EDM_30_LAST = dataclasses.replace(
+    _RADAR_EDM_30_BEST,
+    name="EDM sigma_data auto, 30 epochs, last epoch (840 steps), dpmpp_2m 10 (10 NFE), 4 members",
+    checkpoint="last",
+)
 # the regression mean is tiled like the residual's denoiser
 _RADAR_RESIDUAL = Sampling(
     "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
@@ -774,6 +789,7 @@ SUITES: dict[str, Suite] = {
         models={
             "edm": "radar_edm_ref",  # sigma_data 0.5 (REFERENCE), as recorded
             "edm_auto": "radar_edm",  # sigma_data measured from the data
+            "edm_auto_30": "radar_edm trainer.max_epochs=30",  # the residual EDM's steps
             "regression": "radar_regression",
             "residual": "radar_residual",
             "gan": "radar_gan",
@@ -812,6 +828,9 @@ SUITES: dict[str, Suite] = {
                 ),
                 ablation=True,
             ),
+            _RADAR_EDM_30_BEST,
+            _RADAR_EDM_30_LAST,
+            *(_conserved(s) for s in (_RADAR_EDM_30_BEST, _RADAR_EDM_30_LAST)),
         ),
         baselines=_RADAR_BASELINES,
         domain="MRMS 0.01 deg, CPU crop: the rainiest 256 x 512 block of the test frames (lat "
