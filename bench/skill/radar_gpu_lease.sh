@@ -5,6 +5,7 @@
 # carried (docs/gpu.md, "The next leases"):
 #   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (about 540 s)
 #   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
+#   bash bench/skill/radar_gpu_lease.sh heun   # the EDM's 2 members with dpm2_heun 20 (about 230 s)
 # rows: experiment=radar_mrms_edm and radar_mrms_gan trained side by side on the card for 3 minutes
 # each (the tiny net's steps are host-bound, so two can share it), then their 8-member draws, side by
 # side too, scored on the GPU machine by the bench's own stages. By the earlier leases' timings:
@@ -76,8 +77,22 @@ long) # the first lease's residual EDM (3.5 min of training) continued to 7 min 
     el evaluate residual_long
     step evaluate residual_long 595
     ;;
+heun) # the rows' EDM (train/edm: its checkpoints and summary.json, from the rows' call) drawn with
+    # the issue's dpm2_heun 20: no training, one row (the mode names no model to collect)
+    MODELS=()
+    ROW=edm_sigma_data_auto_dpm2_heun_20_39_nfe_2_members_conserved
+    [ -f "$S/radar_gpu/train/edm/checkpoints/best.ckpt" ] || {
+        echo "error: put the rows' EDM (best.ckpt, summary.json) in $S/radar_gpu/train/edm/"
+        exit 2
+    }
+    el draw $ROW
+    step sample $ROW 420
+    el evaluate $ROW
+    step evaluate $ROW 560
+    ;;
 *)
-    echo "error: unknown mode $MODE; use rows (the EDM and GAN) or long (the residual EDM continued)"
+    echo "error: unknown mode $MODE; use rows (the EDM and GAN), long (the residual EDM" \
+        "continued) or heun (the EDM with dpm2_heun 20)"
     exit 2
     ;;
 esac

@@ -260,6 +260,14 @@ _RADAR_FULL_EDM = Sampling(
     8,
 )
 _RADAR_FULL_GAN = Sampling("GAN (128 px tiles), 8 members", "gan", _FULL_TILES_FREE, 8)
+# the dpm2_heun 20 for the EDM too, 2 members like the residual EDM's (8 at 39 NFE would take
+# about 10 min of an H200, a whole device call): bench/skill/radar_gpu_lease.sh heun
+_RADAR_FULL_EDM_HEUN = Sampling(
+    "EDM sigma_data auto, dpm2_heun 20 (39 NFE), 2 members, conserved",
+    "edm",
+    ("sampler=dpm2_heun", "sampler.steps=20", *_FULL_TILES),
+    2,
+)
 _RADAR_BASELINES: dict[str, dict[str, Any]] = {
     "nearest": {"_target_": f"{_B}.nearest_baseline"},
     "bicubic": {"_target_": f"{_B}.interpolation_baseline", "method": "cubic"},
@@ -867,6 +875,7 @@ SUITES: dict[str, Suite] = {
             _RADAR_FULL_MEAN,
             _conserved(_RADAR_FULL_MEAN),
             _RADAR_FULL_EDM,
+            _RADAR_FULL_EDM_HEUN,
             _RADAR_FULL_GAN,
             _conserved(_RADAR_FULL_GAN),
             _RADAR_FULL_RESIDUAL_LONG,
