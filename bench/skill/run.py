@@ -905,8 +905,9 @@ SUITES: dict[str, Suite] = {
         "(`radar_mrms_edm`, `radar_mrms_gan`) come from a third lease, of an NVIDIA H200 "
         "(`d6b6e32`): both trained side by side on the card for 3 minutes each, then drawn and "
         "scored there (`bash bench/skill/radar_gpu_lease.sh rows`; notes, item 39). The residual "
-        'EDM trained for 7 minutes is set up for the next lease (docs/gpu.md, "The next lease"): '
-        "its commands are listed below, and its row appears once it has run.",
+        "EDM trained for 7 minutes and the EDM drawn with dpm2_heun 20 are set up for the next "
+        'lease (docs/gpu.md, "The next lease"): their commands are listed below, and their rows '
+        "appear once they have run.",
     ),
 }
 
