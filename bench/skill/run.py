@@ -165,12 +165,12 @@ _RADAR_EDM = Sampling(
     4,
 )
 # the EDM trained for the residual EDM's 840 steps (30 epochs, not 10): its best validation epoch
-# is 19 (560 steps, the residual EDM's denoiser steps after its 10 regression epochs), its last 29
-# (notes item 39: which of the residual design and the denoiser's steps made the difference)
+# (19 in the table's run, one thread: 560 steps, the residual EDM's denoiser steps after its 10
+# regression epochs) and its last, 29 (notes item 40: which of the residual design and the
+# denoiser's steps made the difference)
 _RADAR_EDM_30_BEST = dataclasses.replace(
     _RADAR_EDM,
-    name="EDM sigma_data auto, 30 epochs, best validation epoch (19: 560 steps), dpmpp_2m 10 "
-    "(10 NFE), 4 members",
+    name="EDM sigma_data auto, 30 epochs, best validation epoch, dpmpp_2m 10 (10 NFE), 4 members",
     model="edm_auto_30",
     ablation=True,
 )
