@@ -5,12 +5,12 @@
 # carried (docs/gpu.md, "The whole MRMS domain: the EDM and the GAN" and "The next lease"):
 #   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (505 s on an H200)
 #   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
-#   bash bench/skill/radar_gpu_lease.sh heun   # the EDM's 2 members with dpm2_heun 20 (about 230 s)
+#   bash bench/skill/radar_gpu_lease.sh heun   # the EDM's 2 members with dpm2_heun 20 (about 200 s)
 # rows: experiment=radar_mrms_edm and radar_mrms_gan trained side by side on the card for 3 minutes
 # each (the tiny net's steps are host-bound, so two can share it), then their 8-member draws, side by
-# side too, scored on the GPU machine by the bench's own stages. By the earlier leases' timings:
-# install 35 s, the trainings with their start and save 230 s, the EDM's draw 230 s, its scoring
-# 40 s; the GAN's draw and scoring fit beside the EDM's draw.
+# side too, scored on the GPU machine by the bench's own stages. On an H200 (docs/gpu.md): install
+# 2 s, the trainings with their start and save 213 s, the EDM's draw 250 s with the GAN's draw and
+# scoring beside it, its scoring 40 s.
 # long: the first lease's training (3.5 min) resumed to 7 min in all (220 s more), which leaves room
 # in one call for its 8-member draw (230 s) and scoring, if not by much: a draw cut short by its
 # deadline is resumable, so a second call of the same command (the machine still warm) finishes it.
