@@ -153,55 +153,92 @@ _TILES_64 = ("tiling=default", "tiling.tile=64", "tiling.overlap=8")
 _TILES_64_OVERLAP_16 = ("tiling=default", "tiling.tile=64", "tiling.overlap=16")
 _DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
 
-# the same UNet trained on its own (experiment=radar_regression), the table's row until the
-# stage above replaced it
-_RADAR_REGRESSION_ALONE = Sampling(
-    "regression UNet (64 px tiles)", "regression", _TILES_64_OVERLAP_16, 1, ablation=True
-)
+# the issue's regression UNet (experiment=radar_regression, 10 epochs, its best validation epoch),
+# tiled like the EDM. The table's row again since the residual EDM left the core (notes item 41);
+# drawn with 16 px of overlap before item 37
+_RADAR_REGRESSION_ALONE = Sampling("regression UNet (64 px tiles)", "regression", _TILES_64, 1)
+# the table's EDM until notes item 41: 10 epochs (280 steps), its best validation epoch
 _RADAR_EDM = Sampling(
     "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 4 members",
     "edm_auto",
     (*_DPMPP_10, *_TILES_64),
     4,
-)
-# the EDM trained for the residual EDM's 840 steps (30 epochs, not 10): its best validation epoch
-# (19 in the table's run, one thread: 560 steps, the residual EDM's denoiser steps after its 10
-# regression epochs) and its last, 29 (notes item 40: which of the residual design and the
-# denoiser's steps made the difference)
-_RADAR_EDM_30_BEST = dataclasses.replace(
-    _RADAR_EDM,
-    name="EDM sigma_data auto, 30 epochs, best validation epoch, dpmpp_2m 10 (10 NFE), 4 members",
-    model="edm_auto_30",
     ablation=True,
 )
+# the EDM trained 30 epochs (experiment=radar_edm_long: the residual EDM's 840 steps), the table's
+# EDM since notes item 41: its last epoch, 29. Its best validation epoch (19 in the bench's run, one
+# thread: 560 steps, the residual EDM's denoiser steps after its 10 regression epochs) is an
+# ablation: the denoising loss picked the worse checkpoint (notes item 40)
 _RADAR_EDM_30_LAST = dataclasses.replace(
-    _RADAR_EDM_30_BEST,
+    _RADAR_EDM,
     name="EDM sigma_data auto, 30 epochs, last epoch (840 steps), dpmpp_2m 10 (10 NFE), 4 members",
+    model="edm_auto_30",
     checkpoint="last",
+    ablation=False,
 )
-# the regression mean is tiled like the residual's denoiser
+_RADAR_EDM_30_BEST = dataclasses.replace(
+    _RADAR_EDM_30_LAST,
+    name="EDM sigma_data auto, 30 epochs, best validation epoch, dpmpp_2m 10 (10 NFE), 4 members",
+    checkpoint="best",
+    ablation=True,
+)
+# the issue's dpm2_heun 20 for the table's EDM, 2 members, free and conserved, and the core row's
+# first 2 members beside it
+_RADAR_HEUN_30_DRAW = dataclasses.replace(
+    _RADAR_EDM_30_LAST,
+    name="EDM sigma_data auto, 30 epochs, last epoch (840 steps), dpm2_heun 20 (39 NFE), 2 members",
+    overrides=("sampler=dpm2_heun", "sampler.steps=20", *_TILES_64),
+    n_members=2,
+    ablation=True,
+)
+_RADAR_DPMPP_30_2 = dataclasses.replace(
+    _first_members(
+        _RADAR_EDM_30_LAST,
+        "EDM sigma_data auto, 30 epochs, last epoch (840 steps), dpmpp_2m 10 (10 NFE), 2 members",
+        2,
+    ),
+    ablation=True,
+)
+_RADAR_HEUN_30 = (
+    _RADAR_HEUN_30_DRAW,
+    _RADAR_DPMPP_30_2,
+    *(_conserved(s) for s in (_RADAR_HEUN_30_DRAW, _RADAR_DPMPP_30_2)),
+)
+# the table's model until notes item 41 (an ablation since: the EDM trained as long is as good or
+# better on the crop, item 40); the regression mean is tiled like the residual's denoiser
 _RADAR_RESIDUAL = Sampling(
     "residual EDM (CorrDiff), dpmpp_2m 10 (10 NFE), 4 members",
     "residual",
     (*_DPMPP_10, *_TILES_64),
     4,
+    ablation=True,
 )
 
 
-def _regression_stage(source: Sampling, name: str, overrides: tuple[str, ...] = ()) -> Sampling:
-    """The issue's regression UNet row: the regression stage of ``source``'s residual EDM, drawn
-    alone from the checkpoint ``source`` samples (``residual_mean=true``). So a suite trains one
-    regression, not two (notes item 36), and the row shows what the diffusion stage adds to that
-    same mean (Mardani et al. 2024's comparison)."""
+def _regression_stage(
+    source: Sampling, name: str, overrides: tuple[str, ...] = (), ablation: bool = False
+) -> Sampling:
+    """A regression UNet row: the regression stage of ``source``'s residual EDM, drawn alone from
+    the checkpoint ``source`` samples (``residual_mean=true``). So a suite whose model is the
+    residual EDM trains one regression, not two (notes item 36), and the row shows what the
+    diffusion stage adds to that same mean (Mardani et al. 2024's comparison)."""
     return Sampling(
-        name, source.model, ("residual_mean=true", *overrides), 1, checkpoint=source.checkpoint
+        name,
+        source.model,
+        ("residual_mean=true", *overrides),
+        1,
+        ablation=ablation,
+        checkpoint=source.checkpoint,
     )
 
 
 # the radar residual EDM's stage (radar_regression's setting: 10 epochs, its best validation epoch
-# kept), in the residual EDM's tiles
+# kept), in the residual EDM's tiles: the table's regression row while the residual EDM was its model
 _RADAR_REGRESSION = _regression_stage(
-    _RADAR_RESIDUAL, "regression UNet (the residual EDM's regression stage, 64 px tiles)", _TILES_64
+    _RADAR_RESIDUAL,
+    "regression UNet (the residual EDM's regression stage, 64 px tiles)",
+    _TILES_64,
+    ablation=True,
 )
 # one-shot like the regression, tiled like it; 8 members like RainFARM and the analogs
 _RADAR_GAN = Sampling("GAN (64 px tiles), 8 members", "gan", _TILES_64, 8)
@@ -796,17 +833,32 @@ SUITES: dict[str, Suite] = {
         # field evaluation costs ~1.6 s here); the 39-NFE sampler is the GPU setting
         models={
             "edm": "radar_edm_ref",  # sigma_data 0.5 (REFERENCE), as recorded
-            "edm_auto": "radar_edm",  # sigma_data measured from the data
-            "edm_auto_30": "radar_edm trainer.max_epochs=30",  # the residual EDM's steps
+            "edm_auto": "radar_edm",  # sigma_data measured from the data, 10 epochs
+            "edm_auto_30": "radar_edm_long",  # 30 epochs: the residual EDM's steps
             "regression": "radar_regression",
             "residual": "radar_residual",
             "gan": "radar_gan",
         },
         samplings=(
             # every model in tiles (_TILES_64), the regression UNet too
-            _RADAR_REGRESSION,
             _RADAR_REGRESSION_ALONE,
-            _conserved(_RADAR_REGRESSION_ALONE),
+            _RADAR_EDM_30_LAST,
+            _RADAR_GAN,
+            # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
+            # the target's block mean; docs/sampling.md, "Conservation")
+            *(_conserved(s) for s in (_RADAR_REGRESSION_ALONE, _RADAR_EDM_30_LAST, _RADAR_GAN)),
+            # the issue's 20-step dpm2_heun: 4x the NFE of the core row, so 2 members and an
+            # ablation row (about 7 min of sampling: it would take the CPU bench past 60 min), and
+            # like for like with it, the core row's first 2 members
+            *_RADAR_HEUN_30,
+            _RADAR_EDM_30_BEST,
+            _conserved(_RADAR_EDM_30_BEST),
+            # the table's models until notes item 41: the residual EDM, its regression stage and the
+            # 10-epoch EDM
+            _RADAR_RESIDUAL,
+            _RADAR_REGRESSION,
+            _RADAR_EDM,
+            *(_conserved(s) for s in (_RADAR_RESIDUAL, _RADAR_REGRESSION, _RADAR_EDM)),
             Sampling(
                 "EDM dpmpp_2m 10 (10 NFE), 2 members",
                 "edm",
@@ -814,14 +866,8 @@ SUITES: dict[str, Suite] = {
                 2,
                 ablation=True,
             ),
-            _RADAR_EDM,
-            _RADAR_RESIDUAL,
-            _RADAR_GAN,
-            # the same draws with each 8 x 8 block's mean set to the coarse field (the predictor is
-            # the target's block mean; docs/sampling.md, "Conservation")
-            *(_conserved(s) for s in (_RADAR_REGRESSION, _RADAR_EDM, _RADAR_RESIDUAL, _RADAR_GAN)),
-            # the issue's 20-step dpm2_heun: 4x the NFE of the core row, so 2 members and an
-            # ablation row (419 s of sampling: it would take the CPU bench past 60 min)
+            # the 10-epoch EDM with the issue's 20-step dpm2_heun (16 px of overlap), and like for
+            # like with it, the first 2 members of its 4-member row
             Sampling(
                 "EDM sigma_data auto, dpm2_heun 20 steps (39 NFE), 2 members",
                 "edm_auto",
@@ -829,16 +875,12 @@ SUITES: dict[str, Suite] = {
                 2,
                 ablation=True,
             ),
-            # like for like with it: the core row's first 2 members
             dataclasses.replace(
                 _first_members(
                     _RADAR_EDM, "EDM sigma_data auto, dpmpp_2m 10 (10 NFE), 2 members", 2
                 ),
                 ablation=True,
             ),
-            _RADAR_EDM_30_BEST,
-            _RADAR_EDM_30_LAST,
-            *(_conserved(s) for s in (_RADAR_EDM_30_BEST, _RADAR_EDM_30_LAST)),
         ),
         baselines=_RADAR_BASELINES,
         domain="MRMS 0.01 deg, CPU crop: the rainiest 256 x 512 block of the test frames (lat "
@@ -1535,6 +1577,35 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
+def _with_recorded_rows(scores: dict, recorded: dict, core: Sequence[str]) -> dict:
+    """A suite's scores from these outputs, completed from the last report's records
+    (bench/results/skill.json): every recorded row these outputs lack but a core row (ablations,
+    GPU leases' rows; a core row must come from these outputs, so a failed one shows as missing),
+    or the whole recorded suite when these outputs hold none of it (a GPU suite on a CPU
+    machine, a fresh clone)."""
+    kept = {
+        name: row
+        for name, row in recorded.get("scores", {}).get("methods", {}).items()
+        if name not in core
+    }
+    if not scores:
+        if recorded.get("scores"):
+            _log("no outputs of this suite here: its rows are the last report's")
+        return recorded.get("scores", {})
+    methods = scores.get("methods", {})
+    extra = {name: row for name, row in kept.items() if name not in methods}
+    if extra:
+        _log(f"kept {len(extra)} recorded rows these outputs lack (bench/results/skill.json)")
+    return {**scores, "methods": {**methods, **extra}}
+
+
+def _output_or_recorded(path: str | None, recorded: dict, key: str) -> dict:
+    """A suite's record below OUT (``path``), else the last report's (``recorded[key]``)."""
+    if path is None:
+        return {}
+    return _read_json(OUT / path) or recorded.get(key) or {}
+
+
 def stage_report(suites: Sequence[Suite]) -> None:
     from bench.skill.report import write_results
 
@@ -1547,12 +1618,15 @@ def stage_report(suites: Sequence[Suite]) -> None:
         # the scheduler's estimates for the next run (kept when these outputs have none)
         "step_seconds": _read_json(OUT / "logs" / STEP_SECONDS) or _recorded_step_seconds(),
     }
+    recorded = _read_json(RESULTS_JSON).get("suites", {})
     for suite in SUITES.values():
-        scores = _read_json(OUT / suite.name / "scores.json")
-        if not scores:
-            continue
         # rows in the suite's order: baselines, then the models' samplings, then ablation rows
         core = [*suite.baselines, *(s.name for s in suite.samplings if not s.ablation)]
+        scores = _with_recorded_rows(
+            _read_json(OUT / suite.name / "scores.json"), recorded.get(suite.name, {}), core
+        )
+        if not scores:
+            continue
         order = [*core, *(s.name for s in _samplings(suite))]
         methods = scores["methods"]
         scores["methods"] = {
@@ -1565,10 +1639,16 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "scores": scores,
             "anchors": suite.anchors,
             "anchor_domain": suite.anchor_domain,
-            "anchor_check": _read_json(OUT / suite.anchor_check) if suite.anchor_check else {},
-            "fast_sampler": _read_json(OUT / suite.name / "fast_sampler.json"),
+            "anchor_check": _output_or_recorded(
+                suite.anchor_check, recorded.get(suite.name, {}), "anchor_check"
+            ),
+            "fast_sampler": _output_or_recorded(
+                f"{suite.name}/fast_sampler.json", recorded.get(suite.name, {}), "fast_sampler"
+            ),
             "fast_model": suite.models.get(suite.fast_model or "", ""),
-            "gcm": _read_json(OUT / suite.name / "gcm.json"),
+            "gcm": _output_or_recorded(
+                f"{suite.name}/gcm.json", recorded.get(suite.name, {}), "gcm"
+            ),
             "commands": _commands(suite),
             "ablations": [k for k in scores["methods"] if k not in core],
         }

@@ -193,8 +193,12 @@ def test_derived_rows_are_drawn_by_the_scoring_task(tmp_path, monkeypatch):
     graph = _graph("radar", tmp_path, monkeypatch)
     assert not any(n.endswith("_conserved") for n in graph)
     assert "radar.sample.gan_64_px_tiles_8_members" in graph
-    # the regression row is the residual EDM's regression stage: no training of its own
-    assert {n.split(".")[2] for n in graph if ".train." in n} == {"edm_auto", "residual", "gan"}
+    # the core rows' models only: the residual EDM and the 10-epoch EDM are ablations
+    assert {n.split(".")[2] for n in graph if ".train." in n} == {
+        "edm_auto_30",
+        "regression",
+        "gan",
+    }
 
 
 def test_recorded_costs_order_the_core_trainings_first(tmp_path, monkeypatch):
@@ -267,7 +271,7 @@ def test_main_stops_with_the_failed_steps_and_no_report(tmp_path, recorded):
         skill.main(["--jobs", "2", "--out", str(tmp_path)])
     assert recorded["report"] == []
     times = json.loads((tmp_path / "logs" / skill.STEP_SECONDS).read_text())
-    assert "radar.train.gan" not in times and "radar.train.edm_auto" in times
+    assert "radar.train.gan" not in times and "radar.train.edm_auto_30" in times
 
 
 def test_recorded_step_times_are_the_schedulers_estimates(tmp_path, monkeypatch):

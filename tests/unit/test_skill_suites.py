@@ -37,3 +37,38 @@ def test_a_row_samples_the_checkpoint_it_names():
     assert skill._checkpoint(suite, rows["residual_long"]) == (
         train / "residual_long/checkpoints/last.ckpt"
     )
+
+
+def test_the_radar_core_edm_is_the_ablation_setting_it_was_measured_as(tmp_path):
+    """experiment=radar_edm_long is the 30-epoch EDM of notes item 40 (radar_edm
+    trainer.max_epochs=30), so its recorded rows and the table's compare like for like."""
+    out = f"paths.output_dir={tmp_path}"
+    long = skill.compose_config("train", ["experiment=radar_edm_long", out])
+    overridden = skill.compose_config(
+        "train", ["experiment=radar_edm", "trainer.max_epochs=30", out]
+    )
+    assert long.trainer.max_epochs == 30
+    assert OmegaConf.to_container(long) == OmegaConf.to_container(overridden)
+    core = [row for row in skill.SUITES["radar"].samplings if not row.ablation]
+    assert {row.model for row in core} == {"regression", "edm_auto_30", "gan"}
+    assert all(row.checkpoint == "last" for row in core if row.model == "edm_auto_30")
+
+
+def test_the_report_keeps_recorded_rows_but_not_a_missing_core_row(monkeypatch):
+    monkeypatch.setattr(skill, "_log", lambda msg: None)
+    recorded = {
+        "scores": {
+            "q99_obs": 9.0,
+            "methods": {"core": {"crps": 1.0}, "ablation": {"crps": 2.0}, "fresh": {"crps": 3.0}},
+        }
+    }
+    fresh = {"q99_obs": 8.0, "methods": {"fresh": {"crps": 0.5}}}
+    merged = skill._with_recorded_rows(fresh, recorded, core=["core", "fresh"])
+    # this run's rows win, a recorded ablation is kept, a recorded core row is not
+    assert merged == {
+        "q99_obs": 8.0,
+        "methods": {"fresh": {"crps": 0.5}, "ablation": {"crps": 2.0}},
+    }
+    # no outputs of a suite here (a GPU suite on a CPU machine): the whole record
+    assert skill._with_recorded_rows({}, recorded, core=["core"]) == recorded["scores"]
+    assert skill._with_recorded_rows({}, {}, core=[]) == {}
