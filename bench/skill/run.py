@@ -1577,23 +1577,22 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def _with_recorded_rows(scores: dict, recorded: dict, core: Sequence[str]) -> dict:
+def _with_recorded_rows(scores: dict, recorded: dict) -> dict:
     """A suite's scores from these outputs, completed from the last report's records
-    (bench/results/skill.json): every recorded row these outputs lack but a core row (ablations,
-    GPU leases' rows; a core row must come from these outputs, so a failed one shows as missing),
-    or the whole recorded suite when these outputs hold none of it (a GPU suite on a CPU
-    machine, a fresh clone)."""
-    kept = {
-        name: row
-        for name, row in recorded.get("scores", {}).get("methods", {}).items()
-        if name not in core
-    }
+    (bench/results/skill.json) with every row these outputs lack: the ablations after a run of
+    the core rows, the rows of earlier GPU leases beside a lease's new ones, or the whole recorded
+    suite when these outputs hold none of it (a GPU suite on a CPU machine, a fresh clone). A run
+    of all the core rows draws each of them (a failed step stops the run before the report)."""
     if not scores:
         if recorded.get("scores"):
             _log("no outputs of this suite here: its rows are the last report's")
         return recorded.get("scores", {})
     methods = scores.get("methods", {})
-    extra = {name: row for name, row in kept.items() if name not in methods}
+    extra = {
+        name: row
+        for name, row in recorded.get("scores", {}).get("methods", {}).items()
+        if name not in methods
+    }
     if extra:
         _log(f"kept {len(extra)} recorded rows these outputs lack (bench/results/skill.json)")
     return {**scores, "methods": {**methods, **extra}}
@@ -1623,7 +1622,7 @@ def stage_report(suites: Sequence[Suite]) -> None:
         # rows in the suite's order: baselines, then the models' samplings, then ablation rows
         core = [*suite.baselines, *(s.name for s in suite.samplings if not s.ablation)]
         scores = _with_recorded_rows(
-            _read_json(OUT / suite.name / "scores.json"), recorded.get(suite.name, {}), core
+            _read_json(OUT / suite.name / "scores.json"), recorded.get(suite.name, {})
         )
         if not scores:
             continue

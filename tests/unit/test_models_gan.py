@@ -111,7 +111,8 @@ def test_generate_contract_members_from_their_own_generators():
     assert not torch.allclose(out[:, 0], out[:, 1])
     # draw (time 1, member 2) is index 5: generating it alone with generators[5] gives the same field
     alone = model.generate(cond[1:2], 1, generators=generators(6)[5:6])
-    torch.testing.assert_close(alone[0, 0], out[1, 2], rtol=1e-5, atol=1e-6)
+    # to the batch-size-dependent float32 sums of the convolutions (test_unet.py)
+    torch.testing.assert_close(alone[0, 0], out[1, 2], rtol=1e-4, atol=1e-5)
 
 
 def test_generate_tiles_noise_and_predictors_together():

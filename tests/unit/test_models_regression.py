@@ -62,8 +62,9 @@ def test_generate_contract_and_determinism():
     assert out.shape == (3, 1, C_OUT, SIZE, SIZE)
     g = [torch.Generator().manual_seed(i) for i in range(3)]
     torch.testing.assert_close(model.generate(cond, 1, generators=g), out, rtol=0, atol=0)
-    # batch-independent: each field's prediction only depends on its own predictors
-    torch.testing.assert_close(model.generate(cond[1:2], 1), out[1:2], rtol=1e-5, atol=1e-6)
+    # batch-independent: each field's prediction only depends on its own predictors (to the
+    # batch-size-dependent float32 sums of the convolutions, test_unet.py)
+    torch.testing.assert_close(model.generate(cond[1:2], 1), out[1:2], rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="n_members"):
         model.generate(cond, 2)
 

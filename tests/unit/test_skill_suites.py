@@ -54,21 +54,22 @@ def test_the_radar_core_edm_is_the_ablation_setting_it_was_measured_as(tmp_path)
     assert all(row.checkpoint == "last" for row in core if row.model == "edm_auto_30")
 
 
-def test_the_report_keeps_recorded_rows_but_not_a_missing_core_row(monkeypatch):
+def test_the_report_keeps_the_recorded_rows_these_outputs_lack(monkeypatch):
     monkeypatch.setattr(skill, "_log", lambda msg: None)
     recorded = {
         "scores": {
             "q99_obs": 9.0,
-            "methods": {"core": {"crps": 1.0}, "ablation": {"crps": 2.0}, "fresh": {"crps": 3.0}},
+            "methods": {"earlier lease": {"crps": 1.0}, "fresh": {"crps": 3.0}},
         }
     }
     fresh = {"q99_obs": 8.0, "methods": {"fresh": {"crps": 0.5}}}
-    merged = skill._with_recorded_rows(fresh, recorded, core=["core", "fresh"])
-    # this run's rows win, a recorded ablation is kept, a recorded core row is not
+    merged = skill._with_recorded_rows(fresh, recorded)
+    # this run's rows and suite facts win; a recorded row it lacks is kept after them
     assert merged == {
         "q99_obs": 8.0,
-        "methods": {"fresh": {"crps": 0.5}, "ablation": {"crps": 2.0}},
+        "methods": {"fresh": {"crps": 0.5}, "earlier lease": {"crps": 1.0}},
     }
+    assert list(merged["methods"]) == ["fresh", "earlier lease"]
     # no outputs of a suite here (a GPU suite on a CPU machine): the whole record
-    assert skill._with_recorded_rows({}, recorded, core=["core"]) == recorded["scores"]
-    assert skill._with_recorded_rows({}, {}, core=[]) == {}
+    assert skill._with_recorded_rows({}, recorded) == recorded["scores"]
+    assert skill._with_recorded_rows({}, {}) == {}

@@ -63,7 +63,9 @@ def test_regression_output_independent_of_batch_composition():
     cond = torch.randn(3, 3, 8, 8)
     full = net(None, None, cond)
     single = net(None, None, cond[1:2])
-    torch.testing.assert_close(full[1:2], single, rtol=1e-5, atol=1e-6)
+    # float32 convolutions sum in a batch-size-dependent order (1.7e-6 apart on one Xeon); a sample
+    # that saw its neighbours would be off by the order of the output itself
+    torch.testing.assert_close(full[1:2], single, rtol=1e-4, atol=1e-5)
 
 
 def test_location_map_with_and_without_anchor():
