@@ -6,6 +6,8 @@
 #   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (505 s on an H200)
 #   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
 #   bash bench/skill/radar_gpu_lease.sh heun   # the EDM's 2 members with dpm2_heun 20 (about 200 s)
+# long and heun start from earlier calls' checkpoints, which are not in git: heun after a rows call
+# whose checkpoints_edm.tar was unpacked into .gpu/ (docs/gpu.md, "The next lease")
 # rows: experiment=radar_mrms_edm and radar_mrms_gan trained side by side on the card for 3 minutes
 # each (the tiny net's steps are host-bound, so two can share it), then their 8-member draws, side by
 # side too, scored on the GPU machine by the bench's own stages. On an H200 (docs/gpu.md): install
