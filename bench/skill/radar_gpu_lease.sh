@@ -1,8 +1,9 @@
 #!/bin/bash
 # The radar_gpu suite's rows still to run, each mode one GPU device call (a call runs at most 10
 # minutes; every step has a deadline inside it). From the repository root, with the wheels in .whl/
-# and the bench's radar_gpu folder (its store and the earlier rows' records) in .gpu/skill/, both
-# carried (docs/gpu.md, "The whole MRMS domain: the EDM and the GAN" and "The next lease"):
+# and the bench's store in .gpu/skill/stores/, both carried; earlier rows need not come, the report
+# keeps the recorded ones (docs/gpu.md, "The whole MRMS domain: the EDM and the GAN" and "The next
+# lease"):
 #   bash bench/skill/radar_gpu_lease.sh rows   # the whole-domain EDM and GAN (505 s on an H200)
 #   bash bench/skill/radar_gpu_lease.sh long   # the residual EDM continued to 7 min (about 575 s)
 #   bash bench/skill/radar_gpu_lease.sh heun   # the EDM's 2 members with dpm2_heun 20 (about 200 s)

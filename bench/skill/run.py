@@ -147,8 +147,8 @@ _SCALED = "schedule_sigma_data=0.5"
 # 256 x 512 field would need a 34 GB matrix), and Iberia's best <= 10-NFE sampler. 8 px of overlap:
 # 45 tiles a frame instead of 16 px's 55; the EDM draws took 13-20% less time at nearly the same
 # scores (the residual EDM 0.613 free, 0.555 conserved, against 0.615 / 0.552; the regression stage
-# 0.648 / 0.631 against 0.640 / 0.627; notes item 37). The ablation rows were drawn with 16 px and
-# keep it
+# 0.648 / 0.631 against 0.640 / 0.627; notes item 37). The ablation rows drawn before then (the
+# REFERENCE EDM's, the 10-epoch EDM's dpm2_heun 20) keep 16 px
 _TILES_64 = ("tiling=default", "tiling.tile=64", "tiling.overlap=8")
 _TILES_64_OVERLAP_16 = ("tiling=default", "tiling.tile=64", "tiling.overlap=16")
 _DPMPP_10 = ("sampler=dpmpp_2m", "sampler.steps=10")
@@ -947,9 +947,9 @@ SUITES: dict[str, Suite] = {
         "(`radar_mrms_edm`, `radar_mrms_gan`) come from a third lease, of an NVIDIA H200 "
         "(`d6b6e32`): both trained side by side on the card for 3 minutes each, then drawn and "
         "scored there (`bash bench/skill/radar_gpu_lease.sh rows`; notes, item 39). The residual "
-        "EDM trained for 7 minutes and the EDM drawn with dpm2_heun 20 are set up for the next "
-        'lease (docs/gpu.md, "The next lease"): their commands are listed below, and their rows '
-        "appear once they have run.",
+        "EDM trained for 7 minutes and the EDM drawn with dpm2_heun 20 wait for the next lease, "
+        "which retrains first: the earlier leases' checkpoints are gone (docs/gpu.md, \"The next "
+        'lease"). Their commands are listed below, and their rows appear once they have run.',
     ),
 }
 
@@ -1621,9 +1621,8 @@ def stage_report(suites: Sequence[Suite]) -> None:
     for suite in SUITES.values():
         # rows in the suite's order: baselines, then the models' samplings, then ablation rows
         core = [*suite.baselines, *(s.name for s in suite.samplings if not s.ablation)]
-        scores = _with_recorded_rows(
-            _read_json(OUT / suite.name / "scores.json"), recorded.get(suite.name, {})
-        )
+        record = recorded.get(suite.name, {})
+        scores = _with_recorded_rows(_read_json(OUT / suite.name / "scores.json"), record)
         if not scores:
             continue
         order = [*core, *(s.name for s in _samplings(suite))]
@@ -1638,16 +1637,12 @@ def stage_report(suites: Sequence[Suite]) -> None:
             "scores": scores,
             "anchors": suite.anchors,
             "anchor_domain": suite.anchor_domain,
-            "anchor_check": _output_or_recorded(
-                suite.anchor_check, recorded.get(suite.name, {}), "anchor_check"
-            ),
+            "anchor_check": _output_or_recorded(suite.anchor_check, record, "anchor_check"),
             "fast_sampler": _output_or_recorded(
-                f"{suite.name}/fast_sampler.json", recorded.get(suite.name, {}), "fast_sampler"
+                f"{suite.name}/fast_sampler.json", record, "fast_sampler"
             ),
             "fast_model": suite.models.get(suite.fast_model or "", ""),
-            "gcm": _output_or_recorded(
-                f"{suite.name}/gcm.json", recorded.get(suite.name, {}), "gcm"
-            ),
+            "gcm": _output_or_recorded(f"{suite.name}/gcm.json", record, "gcm"),
             "commands": _commands(suite),
             "ablations": [k for k in scores["methods"] if k not in core],
         }

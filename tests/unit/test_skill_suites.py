@@ -73,3 +73,13 @@ def test_the_report_keeps_the_recorded_rows_these_outputs_lack(monkeypatch):
     # no outputs of a suite here (a GPU suite on a CPU machine): the whole record
     assert skill._with_recorded_rows({}, recorded) == recorded["scores"]
     assert skill._with_recorded_rows({}, {}) == {}
+
+
+def test_the_lease_scripts_heun_row_is_a_radar_gpu_row():
+    """bench/skill/radar_gpu_lease.sh names its row by slug: a renamed row must rename it there."""
+    script = (skill.REPO / "bench" / "skill" / "radar_gpu_lease.sh").read_text()
+    [row] = [
+        line.split("=", 1)[1] for line in script.splitlines() if line.strip().startswith("ROW=")
+    ]
+    slugs = {skill._slug(s.name): s for s in skill.SUITES["radar_gpu"].samplings}
+    assert slugs[row.strip()] is skill._RADAR_FULL_EDM_HEUN
